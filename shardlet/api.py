@@ -1,0 +1,258 @@
+"""A thin async kube-apiserver client over raw JSON.
+
+The `kubernetes` package is used only to load kubeconfig or in-cluster credentials; requests and
+responses stay plain dicts encoded with orjson, which is what the hot paths want. Writes that
+fail with 429, 5xx or a broken connection are retried with jittered exponential backoff (kwok's
+rules: 1 s x 2^n, jitter 0.2); other errors surface as ApiError at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+import structlog
+
+log = structlog.get_logger("shardlet.api")
+
+PATCH_TYPES = {
+    "json": "application/json-patch+json",
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "apply": "application/apply-patch+yaml",
+}
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    ssl: ssl.SSLContext | bool
+    token: str | None = None
+    token_file: str | None = None
+
+
+def load_credentials(kubeconfig: str | None, context: str | None = None) -> Credentials:
+    """Read a kubeconfig (or the in-cluster service account when `kubeconfig` is None)."""
+    from kubernetes import client, config  # heavy import, only here
+
+    cfg = client.Configuration()
+    token_file = None
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+        token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ctx: ssl.SSLContext | bool
+    if cfg.verify_ssl:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+    else:
+        ctx = False
+    if cfg.cert_file and isinstance(ctx, ssl.SSLContext):
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    token = None
+    auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+    if auth:
+        token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+    return Credentials(cfg.host.rstrip("/"), ctx, token, token_file)
+
+
+class Kube:
+    """One apiserver, two connection pools: short requests, and long-lived watch streams."""
+
+    def __init__(self, creds: Credentials, *, max_connections: int = 32, user_agent: str = "shardlet") -> None:
+        self.creds = creds
+        self.base = creds.server
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        self.on_request: Callable[[str, int, float], None] | None = None  # (verb, code, seconds)
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None, **kw: Any) -> Kube:
+        return cls(load_credentials(kubeconfig), **kw)
+
+    def _auth_headers(self) -> dict[str, str]:
+        h = dict(self._headers)
+        token = self.creds.token
+        if self.creds.token_file:
+            try:
+                with open(self.creds.token_file) as f:  # projected tokens rotate: re-read
+                    token = f.read().strip()
+            except OSError:
+                pass
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        return h
+
+    def _sess(self, watch: bool = False) -> aiohttp.ClientSession:
+        if watch:
+            if self._watch_session is None or self._watch_session.closed:
+                self._watch_session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=self.creds.ssl, limit=0),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None))
+            return self._watch_session
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.creds.ssl, limit=self._max_connections,
+                                               keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=60, sock_connect=10))
+        return self._session
+
+    async def close(self) -> None:
+        for s in (self._session, self._watch_session):
+            if s is not None and not s.closed:
+                await s.close()
+
+    # -- single requests -------------------------------------------------------------------
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> Any:
+        headers = self._auth_headers()
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            headers["Content-Type"] = content_type
+        t0 = time.monotonic()
+        code = 0
+        try:
+            async with self._sess().request(method, self.base + path, params=params, data=data,
+                                            headers=headers) as r:
+                code = r.status
+                raw = await r.read()
+                if r.status >= 400:
+                    raise _api_error(r.status, raw, r.headers.get("Retry-After"))
+                return orjson.loads(raw) if raw else None
+        finally:
+            if self.on_request is not None:
+                self.on_request(method, code, time.monotonic() - t0)
+
+    async def retrying(self, fn: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 8,
+                       base: float = 1.0, cap: float = 32.0) -> Any:
+        """Call `fn` until it succeeds or fails for good; kwok's backoff with 20% jitter."""
+        for n in range(attempts):
+            try:
+                return await fn()
+            except ApiError as e:
+                if e.status not in RETRYABLE or n == attempts - 1:
+                    raise
+                delay = e.retry_after if e.retry_after is not None else min(cap, base * 2**n)
+                err: str = f"{e.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                if n == attempts - 1:
+                    raise ApiError(0, "ConnectionError", str(e) or type(e).__name__) from e
+                delay = min(cap, base * 2**n)
+                err = type(e).__name__
+            delay *= 1 + 0.2 * random.random()
+            log.debug("retry", what=what, attempt=n + 1, delay=round(delay, 2), error=err)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def get(self, path: str, **params: Any) -> Any:
+        return await self.request("GET", path, params=params or None)
+
+    async def create(self, path: str, obj: dict[str, Any], **params: Any) -> Any:
+        return await self.request("POST", path, body=obj, params=params or None)
+
+    async def replace(self, path: str, obj: dict[str, Any]) -> Any:
+        return await self.request("PUT", path, body=obj)
+
+    async def patch(self, path: str, body: Any, type: str = "merge", **params: Any) -> Any:
+        return await self.request("PATCH", path, body=body, content_type=PATCH_TYPES[type],
+                                  params=params or None)
+
+    async def delete(self, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        return await self.request("DELETE", path, body=body, params=params or None)
+
+    async def list_all(self, path: str, *, page: int = 1000, **params: Any) -> tuple[list[dict[str, Any]], str]:
+        """List every page; returns (items, resourceVersion of the list)."""
+        items: list[dict[str, Any]] = []
+        cont = None
+        while True:
+            p = dict(params, limit=page)
+            if cont:
+                p["continue"] = cont
+            res = await self.request("GET", path, params=p)
+            items.extend(res.get("items") or [])
+            meta = res.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                return items, str(meta.get("resourceVersion", ""))
+
+    # -- watch -----------------------------------------------------------------------------
+    async def watch(self, path: str, *, resource_version: str, timeout_seconds: int = 300,
+                    **params: Any) -> AsyncIterator[dict[str, Any]]:
+        """Yield watch events as dicts; returns when the server closes the stream."""
+        p = dict(params, watch="true", resourceVersion=resource_version,
+                 allowWatchBookmarks="true", timeoutSeconds=str(timeout_seconds))
+        async with self._sess(watch=True).get(self.base + path, params=p, headers=self._auth_headers()) as r:
+            if r.status >= 400:
+                raise _api_error(r.status, await r.read(), r.headers.get("Retry-After"))
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if line.strip():
+                        yield orjson.loads(line)
+
+
+def _api_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
+    reason, message = "", raw[:300].decode(errors="replace")
+    try:
+        st = orjson.loads(raw)
+        reason, message = st.get("reason", ""), st.get("message", message)
+    except orjson.JSONDecodeError:
+        pass
+    ra = None
+    if retry_after:
+        try:
+            ra = float(retry_after)
+        except ValueError:
+            ra = None
+    return ApiError(status, reason, message, ra)
+
+
+def path_for(kind: str, name: str = "", namespace: str = "", subresource: str = "") -> str:
+    """REST path of the core kinds shardlet writes."""
+    group, plural = RESOURCES[kind]
+    prefix = "/api/v1" if group == "v1" else f"/apis/{group}"
+    ns = f"/namespaces/{quote(namespace)}" if namespace else ""
+    p = f"{prefix}{ns}/{plural}"
+    if name:
+        p += f"/{quote(name)}"
+    if subresource:
+        p += f"/{subresource}"
+    return p
+
+
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Node": ("v1", "nodes"),
+    "Pod": ("v1", "pods"),
+    "Event": ("v1", "events"),
+    "Namespace": ("v1", "namespaces"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
+    "Stage": ("kwok.x-k8s.io/v1alpha1", "stages"),
+    "Deployment": ("apps/v1", "deployments"),
+    "Job": ("batch/v1", "jobs"),
+}

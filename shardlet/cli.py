@@ -1,0 +1,257 @@
+"""The `shardlet` command: a thin layer that parses flags and calls into the packages.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
+A YAML file given with --config holds the same settings as the flags (long flag names, with
+dashes or underscores); flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from shardlet.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return v
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which cluster")
+    g.add_argument("--name", default=os.environ.get("SHARDLET_CLUSTER", "shardlet"),
+                   help="local cluster started by 'shardlet cluster up' (default: %(default)s)")
+    g.add_argument("--kubeconfig", default=None,
+                   help="use this kubeconfig instead of a local cluster's")
+
+
+def resolve_kubeconfig(args: argparse.Namespace) -> str | None:
+    """The kubeconfig to use: --kubeconfig, else the named local cluster's, else in-cluster."""
+    if getattr(args, "kubeconfig", None):
+        path = Path(args.kubeconfig).expanduser()
+        if not path.is_file():
+            raise UserError(f"--kubeconfig {args.kubeconfig}: no such file")
+        return str(path)
+    from shardlet.controlplane.cluster import Cluster
+
+    c = Cluster(args.name)
+    if c.exists():
+        return str(c.kubeconfig)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None  # in-cluster config
+    c.state()  # raises the unknown-cluster error with the known names
+    return None
+
+
+# -- cluster ---------------------------------------------------------------------------------
+def _cluster_up(args: argparse.Namespace) -> int:
+    from shardlet.controlplane.cluster import Cluster, Options
+
+    opts = Options(
+        apiserver_port=args.apiserver_port,
+        disable_qps_limits=args.disable_qps_limits,
+        node_monitor_period=args.node_monitor_period,
+        node_monitor_grace_period=args.node_monitor_grace_period,
+        scheduler=not args.no_scheduler,
+        controller_manager=not args.no_controller_manager,
+    )
+    c = Cluster(args.name)
+    c.up(opts, timeout=args.wait)
+    if args.shards is not None and args.shards > 0:
+        from shardlet.runner import start_background
+
+        start_background(c, shards=args.shards, profile=args.profile, lease_duration=args.lease_duration)
+    print(c.kubeconfig)
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from shardlet.controlplane.cluster import Cluster
+
+    stopped = Cluster(args.name).down()
+    print(f"cluster {args.name} down ({', '.join(stopped) or 'nothing was running'})")
+    return 0
+
+
+def _cluster_list(args: argparse.Namespace) -> int:
+    from shardlet.controlplane.cluster import Cluster
+
+    for n in Cluster.names():
+        c = Cluster(n)
+        run = c.running()
+        state = "up" if all(run.values()) else "degraded" if any(run.values()) else "stopped"
+        print(f"{n}\t{state}\t{c.server()}\t{c.kubeconfig}")
+    return 0
+
+
+def _cluster_kubeconfig(args: argparse.Namespace) -> int:
+    from shardlet.controlplane.cluster import Cluster
+
+    c = Cluster(args.name)
+    c.state()
+    print(c.kubeconfig)
+    return 0
+
+
+def _kubectl(args: argparse.Namespace) -> int:
+    from shardlet.controlplane import toolchain
+
+    kc = resolve_kubeconfig(args)
+    argv = list(args.args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    exe = str(toolchain.binary("kubectl"))
+    env = dict(os.environ)
+    if kc:
+        env["KUBECONFIG"] = kc
+    os.execve(exe, [exe, *argv], env)
+
+
+def _toolchain(args: argparse.Namespace) -> int:
+    from shardlet.controlplane import toolchain
+
+    print(toolchain.ensure())
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shardlet", description="A sharded fake kubelet: plays every kubelet of a "
+                "cluster's fake nodes, driven by kwok-compatible Stages.")
+    p.add_argument("--config", help="YAML file with the same settings as the flags (flags win)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level (default: %(default)s)")
+    p.add_argument("--log-format", default="console", choices=["console", "json"],
+                   help="structlog output: human console lines or JSON (default: %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    cl = sub.add_parser("cluster", help="a local control plane (etcd, apiserver, controllers)")
+    csub = cl.add_subparsers(dest="cluster_command", required=True, parser_class=_Parser, metavar="ACTION")
+    up = csub.add_parser("up", help="start a named local cluster and print its kubeconfig path")
+    _add_target(up)
+    up.add_argument("--apiserver-port", type=_positive_int, default=0,
+                    help="kube-apiserver port on 127.0.0.1 (default: a free port)")
+    up.add_argument("--disable-qps-limits", action="store_true",
+                    help="lift apiserver in-flight limits and controller QPS, like kwokctl's flag")
+    up.add_argument("--node-monitor-period", default="5s",
+                    help="kube-controller-manager --node-monitor-period (default: %(default)s)")
+    up.add_argument("--node-monitor-grace-period", default="50s",
+                    help="how long a node's lease may be stale before NotReady (default: %(default)s)")
+    up.add_argument("--no-scheduler", action="store_true", help="do not start kube-scheduler")
+    up.add_argument("--no-controller-manager", action="store_true",
+                    help="do not start kube-controller-manager")
+    up.add_argument("--shards", type=_positive_int, default=1,
+                    help="start shardlet with this many shards against the cluster; 0: none (default: %(default)s)")
+    up.add_argument("--profile", default="fast", help="built-in stage profile(s), comma separated: fast, general, chaos")
+    up.add_argument("--lease-duration", type=_positive_int, default=40,
+                    help="node lease duration in seconds; renewed every quarter (default: %(default)s)")
+    up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
+    up.set_defaults(func=_cluster_up)
+    down = csub.add_parser("down", help="stop every process of a local cluster and delete its files")
+    _add_target(down)
+    down.set_defaults(func=_cluster_down)
+    ls = csub.add_parser("list", help="list local clusters")
+    ls.set_defaults(func=_cluster_list)
+    kc = csub.add_parser("kubeconfig", help="print the kubeconfig path of a local cluster")
+    _add_target(kc)
+    kc.set_defaults(func=_cluster_kubeconfig)
+
+    k = sub.add_parser("kubectl", help="run the pinned kubectl against a cluster: shardlet kubectl -- ARGS")
+    _add_target(k)
+    k.add_argument("args", nargs=argparse.REMAINDER, help="arguments for kubectl")
+    k.set_defaults(func=_kubectl)
+
+    t = sub.add_parser("toolchain", help="build (once) and print the directory of the pinned binaries")
+    t.set_defaults(func=_toolchain)
+
+    for register in _EXTENSIONS:
+        register(sub)
+    return p
+
+
+# Other modules add their subcommands here, so the CLI stays a list of thin handlers.
+_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        data = yaml.safe_load(Path(known.config).read_text()) or {}
+    except OSError as e:
+        raise UserError(f"--config {known.config}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {known.config}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {known.config}: must be a mapping of flag names to values")
+    defaults = {str(k).replace("-", "_"): v for k, v in data.items()}
+    _set_defaults_everywhere(parser, defaults)
+
+
+def _set_defaults_everywhere(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    dests = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in defaults.items() if k in dests})
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                _set_defaults_everywhere(sp, defaults)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_extensions()
+    parser = build_parser()
+    try:
+        _apply_config(parser, argv)
+        args = parser.parse_args(argv)
+        from shardlet import logs
+
+        logs.configure(args.log_level, args.log_format)
+        rc: int = args.func(args)
+        return rc
+    except UserError as e:
+        print(f"shardlet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load_extensions() -> None:
+    if _EXTENSIONS:
+        return
+    import importlib
+
+    for mod in ("shardlet.runner", "shardlet.scale", "shardlet.statuscmd"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        _EXTENSIONS.append(m.register_cli)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

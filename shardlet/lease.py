@@ -1,0 +1,184 @@
+"""Node Leases in kube-node-lease, renewed on the kubelet's cadence for a whole slice.
+
+One heap of due times per shard and a bounded pool of in-flight requests: no task or thread per
+node. Each renewal is a PUT of the cached Lease (optimistic concurrency, like the kubelet); a
+409 re-reads it. A node assigned to this shard is adopted at once: the coordinator's epochs
+guarantee no other shard serves it, so a foreign holderIdentity is taken over with
+leaseTransitions + 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from shardlet.api import ApiError, Kube
+
+log = structlog.get_logger("shardlet.lease")
+
+NAMESPACE = "kube-node-lease"
+_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+
+
+def micro_time(t: float | None = None) -> str:
+    d = dt.datetime.fromtimestamp(time.time() if t is None else t, dt.UTC)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseRenewer:
+    def __init__(self, kube: Kube, holder: str, *, duration: int = 40, concurrency: int = 64,
+                 on_renew: Callable[[float, bool], None] | None = None) -> None:
+        self.kube = kube
+        self.holder = holder
+        self.duration = duration
+        self.interval = duration / 4.0
+        self.sem = asyncio.Semaphore(concurrency)
+        self.on_renew = on_renew           # (lag seconds, ok)
+        self.leases: dict[str, dict[str, Any]] = {}
+        self.uids: dict[str, str] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.renewals = 0
+        self.failures = 0
+        self.last_error = ""
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def add(self, node: str, uid: str) -> None:
+        if node in self.uids:
+            self.uids[node] = uid
+            return
+        self.uids[node] = uid
+        self._push(time.monotonic(), node)
+
+    def remove(self, node: str) -> None:
+        self.uids.pop(node, None)
+        self.leases.pop(node, None)   # its heap entry is dropped lazily when it comes due
+
+    def _push(self, due: float, node: str) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), node))
+        if self._heap[0][2] == node:
+            self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    due, _, node = heapq.heappop(self._heap)
+                    if node not in self.uids:
+                        continue
+                    await self.sem.acquire()
+                    t = asyncio.create_task(self._renew(node, due))
+                    self._inflight.add(t)
+                    t.add_done_callback(self._inflight.discard)
+                timeout = (self._heap[0][0] - time.monotonic()) if self._heap else 1.0
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, timeout))
+                except TimeoutError:
+                    pass
+        finally:
+            for t in list(self._inflight):
+                t.cancel()
+
+    async def _renew(self, node: str, due: float) -> None:
+        ok = False
+        try:
+            await self._renew_once(node)
+            ok = True
+            self.renewals += 1
+        except ApiError as e:
+            self.failures += 1
+            self.last_error = f"lease {node}: {e}"
+            log.warning("lease_renew_failed", node=node, status=e.status, error=e.message[:200])
+        except Exception as e:  # keep renewing the others whatever one node does
+            self.failures += 1
+            self.last_error = f"lease {node}: {type(e).__name__}: {e}"
+            log.warning("lease_renew_failed", node=node, error=repr(e)[:200])
+        finally:
+            self.sem.release()
+            lag = time.monotonic() - due
+            if self.on_renew is not None:
+                self.on_renew(lag, ok)
+            if node in self.uids:
+                # kubelet-style: every quarter of the duration, jittered early so never late;
+                # after a failure retry sooner, still well inside the duration
+                nxt = self.interval * (1 - 0.04 * random.random()) if ok else min(2.0, self.interval / 4)
+                self._push(time.monotonic() + nxt, node)
+
+    async def _renew_once(self, node: str) -> None:
+        lease = self.leases.get(node)
+        now = micro_time()
+        if lease is None:
+            lease = await self._acquire(node, now)
+            if lease is not None:
+                self.leases[node] = lease
+            return
+        spec = lease["spec"]
+        spec["renewTime"] = now
+        spec["holderIdentity"] = self.holder
+        try:
+            self.leases[node] = await self.kube.replace(f"{_PATH}/{node}", lease)
+        except ApiError as e:
+            if e.status in (404, 409):
+                self.leases.pop(node, None)
+                lease = await self._acquire(node, now)
+                if lease is not None:
+                    self.leases[node] = lease
+                return
+            raise
+
+    async def _acquire(self, node: str, now: str) -> dict[str, Any] | None:
+        try:
+            cur = await self.kube.get(f"{_PATH}/{node}")
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            cur = None
+        if cur is None:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": NAMESPACE, "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": self.uids[node]}]},
+                "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
+                         "renewTime": now, "acquireTime": now},
+            }
+            try:
+                created: dict[str, Any] = await self.kube.create(_PATH, body)
+                return created
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                cur = await self.kube.get(f"{_PATH}/{node}")
+        spec = cur.setdefault("spec", {})
+        if spec.get("holderIdentity") != self.holder:
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            spec["acquireTime"] = now
+            log.info("lease_adopted", node=node, previous=spec.get("holderIdentity"), holder=self.holder)
+        spec["holderIdentity"] = self.holder
+        spec["renewTime"] = now
+        spec["leaseDurationSeconds"] = self.duration
+        replaced: dict[str, Any] = await self.kube.replace(f"{_PATH}/{node}", cur)
+        return replaced
+
+    async def release_all(self) -> None:
+        """Give up every lease by clearing holderIdentity (optional on shutdown)."""
+        async def one(node: str, lease: dict[str, Any]) -> None:
+            lease["spec"]["holderIdentity"] = None
+            try:
+                await self.kube.replace(f"{_PATH}/{node}", lease)
+            except ApiError:
+                pass
+        await asyncio.gather(*(one(n, lease) for n, lease in list(self.leases.items())))

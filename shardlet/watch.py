@@ -1,0 +1,143 @@
+"""List-then-watch loops shaped like client-go's reflector.
+
+List (paged), hand every object to the handler, then watch from the list's resourceVersion with
+bookmarks. A 410 Gone (the server compacted past our resourceVersion) means relist once; any
+other failure backs off with jitter and resumes the watch from the last resourceVersion seen.
+After a relist, objects that vanished while we were away are reported as DELETED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import structlog
+
+from shardlet.api import ApiError, Kube
+
+log = structlog.get_logger("shardlet.watch")
+
+Handler = Callable[[str, dict[str, Any]], None]   # (ADDED|MODIFIED|DELETED, object)
+
+
+def obj_key(obj: dict[str, Any]) -> str:
+    m = obj.get("metadata") or {}
+    ns = m.get("namespace")
+    return f"{ns}/{m.get('name')}" if ns else str(m.get("name"))
+
+
+class Reflector:
+    def __init__(self, kube: Kube, path: str, handler: Handler, *, name: str,
+                 label_selector: str | None = None, field_selector: str | None = None,
+                 timeout_seconds: int = 300, on_event: Callable[[str], None] | None = None,
+                 on_relist: Callable[[], None] | None = None) -> None:
+        self.kube = kube
+        self.path = path
+        self.handler = handler
+        self.name = name
+        self.params: dict[str, str] = {}
+        if label_selector:
+            self.params["labelSelector"] = label_selector
+        if field_selector:
+            self.params["fieldSelector"] = field_selector
+        self.timeout_seconds = timeout_seconds
+        self.on_event = on_event
+        self.on_relist = on_relist
+        self.rv = ""
+        self.known: dict[str, str] = {}   # key -> resourceVersion, to skip no-change events
+        self.synced = asyncio.Event()
+        self.lists = 0
+        self.events = 0
+
+    async def run(self) -> None:
+        backoff = 0.8
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                backoff = 0.8
+            except asyncio.CancelledError:
+                raise
+            except ApiError as e:
+                if e.status == 410:
+                    log.info("watch_expired", watch=self.name, rv=self.rv)
+                    need_list = True
+                    continue
+                if e.status == 404 and self.name == "stages":
+                    # the Stage CRD is not installed: poll for it slowly
+                    await asyncio.sleep(30)
+                    need_list = True
+                    continue
+                log.warning("watch_error", watch=self.name, status=e.status, error=e.message[:200])
+                backoff = await _sleep_backoff(backoff, e.retry_after)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+                log.warning("watch_broken", watch=self.name, error=type(e).__name__, detail=str(e)[:200])
+                backoff = await _sleep_backoff(backoff)
+
+    async def _list(self) -> None:
+        items, rv = await self.kube.list_all(self.path, **self.params)
+        self.lists += 1
+        if self.lists > 1 and self.on_relist is not None:
+            self.on_relist()
+        seen: dict[str, str] = {}
+        for obj in items:
+            k = obj_key(obj)
+            orv = obj["metadata"].get("resourceVersion", "")
+            seen[k] = orv
+            if self.known.get(k) == orv:
+                continue
+            self._dispatch("MODIFIED" if k in self.known else "ADDED", obj)
+        for k in list(self.known.keys() - seen.keys()):
+            ns, _, name = k.rpartition("/")
+            meta: dict[str, Any] = {"name": name}
+            if ns:
+                meta["namespace"] = ns
+            self._dispatch("DELETED", {"metadata": meta})
+        self.known = seen
+        self.rv = rv
+        self.synced.set()
+        log.debug("listed", watch=self.name, items=len(items), rv=rv)
+
+    async def _watch(self) -> None:
+        async for ev in self.kube.watch(self.path, resource_version=self.rv,
+                                        timeout_seconds=self.timeout_seconds, **self.params):
+            typ = ev.get("type")
+            obj = ev.get("object") or {}
+            if typ == "ERROR":
+                code = int(obj.get("code") or 500)
+                raise ApiError(code, str(obj.get("reason", "")), str(obj.get("message", "")))
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if rv:
+                self.rv = rv
+            if typ == "BOOKMARK":
+                continue
+            k = obj_key(obj)
+            if typ == "DELETED":
+                self.known.pop(k, None)
+            else:
+                if self.known.get(k) == rv:
+                    continue
+                self.known[k] = rv or ""
+            self._dispatch(str(typ), obj)
+
+    def _dispatch(self, typ: str, obj: dict[str, Any]) -> None:
+        self.events += 1
+        if self.on_event is not None:
+            self.on_event(self.name)
+        try:
+            self.handler(typ, obj)
+        except Exception:
+            # a malformed object must never take the watch down with it
+            log.exception("handler_failed", watch=self.name, object=obj_key(obj), event=typ)
+
+
+async def _sleep_backoff(current: float, hint: float | None = None) -> float:
+    delay = hint if hint is not None else current
+    await asyncio.sleep(delay * (1 + random.random() * 0.5))
+    return min(current * 2, 30.0)
