@@ -25,6 +25,15 @@ start=$(date +%s)
 
 have() { [ -x "$BIN/$1" ]; }
 
+modfile() { # dir module@version -> path of that version's go.mod in the module cache
+  local out
+  out=$(cd "$1" && go mod download -json "$2" 2>&1) || {
+    printf '%s\n' "$out" | grep -m1 '"Error"' >&2 || true
+    fail "step 'go mod download $2' failed (is the version served by the Go module proxy?)"
+  }
+  printf '%s\n' "$out" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p'
+}
+
 build_k8s() {
   local d="$WORK/k8s-$K8S_VERSION" minor="${K8S_VERSION#v1.}"
   minor="${minor%%.*}"
@@ -32,8 +41,7 @@ build_k8s() {
   mkdir -p "$d"
   step "fetching k8s.io/kubernetes@$K8S_VERSION go.mod"
   local gomod
-  gomod=$(cd "$d" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  [ -f "$gomod" ] || fail "step 'go mod download k8s.io/kubernetes@$K8S_VERSION' gave no go.mod"
+  gomod=$(modfile "$d" "k8s.io/kubernetes@$K8S_VERSION")
   {
     echo "module shardlet.local/k8sbuild"
     echo
@@ -77,7 +85,7 @@ build_etcd() {
   mkdir -p "$d"
   step "fetching go.etcd.io/etcd/server/v3@$ETCD_VERSION go.mod"
   local gomod
-  gomod=$(cd "$d" && go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  gomod=$(modfile "$d" "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
   {
     echo "module shardlet.local/etcdbuild"
     echo
