@@ -155,7 +155,7 @@ class Kube:
                     raise
                 delay = e.retry_after if e.retry_after is not None else min(cap, base * 2**n)
                 err: str = f"{e.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 if n == attempts - 1:
                     raise ApiError(0, "ConnectionError", str(e) or type(e).__name__) from e
                 delay = min(cap, base * 2**n)

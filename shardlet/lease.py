@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import heapq
-import itertools
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from typing import Any
 import structlog
 
 from shardlet.api import ApiError, Kube
+from shardlet.delayqueue import DelayQueue
 
 log = structlog.get_logger("shardlet.lease")
 
@@ -40,14 +39,10 @@ class LeaseRenewer:
         self.holder = holder
         self.duration = duration
         self.interval = duration / 4.0
-        self.sem = asyncio.Semaphore(concurrency)
         self.on_renew = on_renew           # (lag seconds, ok)
         self.leases: dict[str, dict[str, Any]] = {}
         self.uids: dict[str, str] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self.queue: DelayQueue[str, None] = DelayQueue(self._renew, concurrency=concurrency, name="lease")
         self.renewals = 0
         self.failures = 0
         self.last_error = ""
@@ -56,44 +51,22 @@ class LeaseRenewer:
         return len(self.uids)
 
     def add(self, node: str, uid: str) -> None:
-        if node in self.uids:
-            self.uids[node] = uid
-            return
+        known = node in self.uids
         self.uids[node] = uid
-        self._push(time.monotonic(), node)
+        if not known:
+            self.queue.put(node, None, 0.0)
 
     def remove(self, node: str) -> None:
         self.uids.pop(node, None)
-        self.leases.pop(node, None)   # its heap entry is dropped lazily when it comes due
-
-    def _push(self, due: float, node: str) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), node))
-        if self._heap[0][2] == node:
-            self._wake.set()
+        self.leases.pop(node, None)
+        self.queue.cancel(node)
 
     async def run(self) -> None:
-        try:
-            while True:
-                now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    due, _, node = heapq.heappop(self._heap)
-                    if node not in self.uids:
-                        continue
-                    await self.sem.acquire()
-                    t = asyncio.create_task(self._renew(node, due))
-                    self._inflight.add(t)
-                    t.add_done_callback(self._inflight.discard)
-                timeout = (self._heap[0][0] - time.monotonic()) if self._heap else 1.0
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, timeout))
-                except TimeoutError:
-                    pass
-        finally:
-            for t in list(self._inflight):
-                t.cancel()
+        await self.queue.run()
 
-    async def _renew(self, node: str, due: float) -> None:
+    async def _renew(self, node: str, _: None, due: float) -> None:
+        if node not in self.uids:
+            return
         ok = False
         try:
             await self._renew_once(node)
@@ -108,15 +81,13 @@ class LeaseRenewer:
             self.last_error = f"lease {node}: {type(e).__name__}: {e}"
             log.warning("lease_renew_failed", node=node, error=repr(e)[:200])
         finally:
-            self.sem.release()
-            lag = time.monotonic() - due
             if self.on_renew is not None:
-                self.on_renew(lag, ok)
+                self.on_renew(time.monotonic() - due, ok)
             if node in self.uids:
                 # kubelet-style: every quarter of the duration, jittered early so never late;
                 # after a failure retry sooner, still well inside the duration
                 nxt = self.interval * (1 - 0.04 * random.random()) if ok else min(2.0, self.interval / 4)
-                self._push(time.monotonic() + nxt, node)
+                self.queue.put(node, None, nxt)
 
     async def _renew_once(self, node: str) -> None:
         lease = self.leases.get(node)

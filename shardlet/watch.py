@@ -76,7 +76,7 @@ class Reflector:
                     continue
                 log.warning("watch_error", watch=self.name, status=e.status, error=e.message[:200])
                 backoff = await _sleep_backoff(backoff, e.retry_after)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
                 log.warning("watch_broken", watch=self.name, error=type(e).__name__, detail=str(e)[:200])
                 backoff = await _sleep_backoff(backoff)
 

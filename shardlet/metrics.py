@@ -1,0 +1,64 @@
+"""Prometheus metrics of one shard process (each Ray actor is its own process and registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class ShardMetrics:
+    def __init__(self, shard: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        lbl = ["shard"]
+        self.shard = shard
+        self.nodes = Gauge("shardlet_nodes_managed", "Nodes this shard plays kubelet for", lbl, registry=r).labels(shard)
+        self.pods = Gauge("shardlet_pods_managed", "Pods on this shard's nodes", lbl, registry=r).labels(shard)
+        self._watch_events = Counter("shardlet_watch_events_total", "Watch events received",
+                                     ["shard", "resource"], registry=r)
+        self._relists = Counter("shardlet_relists_total", "Full relists after a 410 or restart",
+                                ["shard", "resource"], registry=r)
+        self._transitions = Counter("shardlet_stage_transitions_total", "Stages applied", ["shard", "stage"], registry=r)
+        self._stage_errors = Counter("shardlet_stage_errors_total", "Stages that failed to apply",
+                                     ["shard", "stage"], registry=r)
+        self.lease_renewals = Counter("shardlet_lease_renewals_total", "Node lease renewals", ["shard", "result"],
+                                      registry=r)
+        self.lease_lag = Histogram("shardlet_lease_renew_lag_seconds", "Renewal time minus due time", lbl,
+                                   buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40),
+                                   registry=r).labels(shard)
+        self._requests = Counter("shardlet_apiserver_requests_total", "Requests to kube-apiserver",
+                                 ["shard", "verb", "code"], registry=r)
+        self._latency = Histogram("shardlet_apiserver_request_duration_seconds", "Request latency",
+                                  ["shard", "verb"], registry=r)
+        self._ev_children: dict[str, Counter] = {}
+        self._tr_children: dict[str, Counter] = {}
+
+    def watch_event(self, resource: str) -> None:
+        c = self._ev_children.get(resource)
+        if c is None:
+            c = self._ev_children[resource] = self._watch_events.labels(self.shard, resource)
+        c.inc()
+
+    def relist(self, resource: str) -> None:
+        self._relists.labels(self.shard, resource).inc()
+
+    def transition(self, stage: str) -> None:
+        c = self._tr_children.get(stage)
+        if c is None:
+            c = self._tr_children[stage] = self._transitions.labels(self.shard, stage)
+        c.inc()
+
+    def stage_error(self, stage: str) -> None:
+        self._stage_errors.labels(self.shard, stage).inc()
+
+    def request(self, verb: str, code: int, seconds: float) -> None:
+        self._requests.labels(self.shard, verb, str(code)).inc()
+        self._latency.labels(self.shard, verb).observe(seconds)
+
+    def renew(self, lag: float, ok: bool) -> None:
+        self.lease_renewals.labels(self.shard, "ok" if ok else "error").inc()
+        if ok:
+            self.lease_lag.observe(lag)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return int(server.server_port)

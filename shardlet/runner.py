@@ -1,0 +1,152 @@
+"""`shardlet run`: serve a cluster's fake nodes, in this process (one shard) or over Ray actors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from shardlet.errors import UserError
+from shardlet.shard import FAKE_ANNOTATION, ShardConfig
+
+if TYPE_CHECKING:
+    from shardlet.controlplane.cluster import Cluster
+
+log = structlog.get_logger("shardlet.runner")
+CRD_DIR = Path(__file__).with_name("crds")
+
+
+def add_shard_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to manage")
+    g.add_argument("--manage-all-nodes", action="store_true", help="play kubelet for every node")
+    g.add_argument("--node-annotation-selector", default=FAKE_ANNOTATION,
+                   help="manage nodes whose annotations match k=v[,k2=v2] (default: %(default)s)")
+    g.add_argument("--node-label-selector", default="",
+                   help="manage nodes matching this label selector (sent to the apiserver)")
+    g = p.add_argument_group("behaviour")
+    g.add_argument("--profile", default="fast",
+                   help="built-in stage profiles, comma separated: fast, general, chaos (default: %(default)s); "
+                        "'none' for only --stage-file and Stage objects")
+    g.add_argument("--stage-file", action="append", default=[],
+                   help="YAML file of Stage objects (repeatable); Stage objects in the cluster are also used")
+    g.add_argument("--no-stage-crd", action="store_true", help="do not watch Stage objects in the cluster")
+    g.add_argument("--lease-duration", type=int, default=40,
+                   help="node lease duration in seconds, renewed every quarter; 0: no leases (default: %(default)s)")
+    g.add_argument("--cidr", default="10.0.0.0/24", help="pod CIDR for nodes without spec.podCIDR (default: %(default)s)")
+    g.add_argument("--node-ip", default="127.0.0.1", help="value of the NodeIP template function (default: %(default)s)")
+    g.add_argument("--node-port", type=int, default=10250, help="value of NodePort (default: %(default)s)")
+    g.add_argument("--pod-watch", choices=["cluster", "node"], default="cluster",
+                   help="one cluster-wide pod watch filtered by node, or one watch per owned node (default: %(default)s)")
+    g.add_argument("--concurrency", type=int, default=64, help="stage writes in flight per shard (default: %(default)s)")
+    g = p.add_argument_group("serving")
+    g.add_argument("--shards", type=int, default=1,
+                   help="number of shards; 1 runs in this process, more run as Ray actors (default: %(default)s)")
+    g.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto, ray://host:10001) instead of starting one")
+    g.add_argument("--metrics-port", type=int, default=-1,
+                   help="serve Prometheus metrics on this port (0: any free port, -1: off; default: %(default)s)")
+    g.add_argument("--metrics-addr", default="127.0.0.1", help="metrics bind address (default: %(default)s)")
+    g.add_argument("--release-leases-on-exit", action="store_true",
+                   help="on SIGTERM clear holderIdentity of every held lease instead of letting them expire")
+
+
+def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardConfig:
+    profiles = tuple(p.strip() for p in args.profile.split(",") if p.strip() and p.strip() != "none")
+    for f in args.stage_file:
+        if not Path(f).is_file():
+            raise UserError(f"--stage-file {f}: no such file")
+    if args.lease_duration < 0:
+        raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
+    return ShardConfig(
+        name=name, manage_all_nodes=args.manage_all_nodes,
+        node_annotation_selector=args.node_annotation_selector,
+        node_label_selector=args.node_label_selector, lease_duration=args.lease_duration,
+        profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=not args.no_stage_crd,
+        cidr=args.cidr, node_ip=args.node_ip, node_port=args.node_port,
+        stage_concurrency=args.concurrency, pod_watch=args.pod_watch,
+        metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+    )
+
+
+def config_to_dict(cfg: ShardConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: bool = False) -> None:
+    from shardlet.api import ApiError, Kube
+    from shardlet.shard import Shard
+
+    kube = Kube.from_kubeconfig(kubeconfig)
+    try:
+        await kube.get("/version")
+    except ApiError as e:
+        await kube.close()
+        raise UserError(f"apiserver {kube.base}: {e}") from None
+    except OSError as e:
+        await kube.close()
+        raise UserError(f"apiserver {kube.base}: unreachable ({e.strerror or e})") from None
+    shard = Shard(kube, cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await shard.start()
+    await stop.wait()
+    log.info("shard_stopping", shard=cfg.name)
+    await shard.stop(release_leases=release_leases)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shardlet.cli import resolve_kubeconfig
+
+    kubeconfig = resolve_kubeconfig(args)
+    if args.shards < 1:
+        raise UserError(f"--shards {args.shards}: must be at least 1")
+    if args.shards == 1 and not args.ray_address:
+        try:
+            asyncio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit))
+        except (OSError, ValueError) as e:
+            raise UserError(f"run: {e}") from None
+        return 0
+    from coordinator.driver import run_coordinator
+
+    return run_coordinator(args, kubeconfig)
+
+
+def register_cli(sub: Any) -> None:
+    p = sub.add_parser("run", help="play kubelet for a cluster's fake nodes until stopped (SIGTERM)")
+    from shardlet.cli import _add_target
+
+    _add_target(p)
+    add_shard_flags(p)
+    p.set_defaults(func=_run)
+
+
+def install_crds(cluster: Cluster) -> None:
+    from shardlet.controlplane import toolchain
+
+    subprocess.run([str(toolchain.binary("kubectl")), f"--kubeconfig={cluster.kubeconfig}", "apply",
+                    "-f", str(CRD_DIR)], check=True, capture_output=True)
+
+
+def start_background(cluster: Cluster, *, shards: int, profile: str, lease_duration: int,
+                     extra: list[str] | None = None) -> None:
+    """Start `shardlet run` beside a local cluster; `cluster down` stops it with the rest."""
+    install_crds(cluster)
+    logf = open(cluster.log_dir / "shardlet.log", "ab")  # noqa: SIM115 - handed to the child
+    cmd = [sys.executable, "-m", "shardlet.cli", "run", "--name", cluster.name, "--shards", str(shards),
+           "--profile", profile, "--lease-duration", str(lease_duration), "--metrics-port", "0",
+           *(extra or [])]
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    logf.close()
+    cluster.register_process("shardlet", proc)
+    log.info("shardlet_started", cluster=cluster.name, pid=proc.pid, shards=shards,
+             log=str(cluster.log_dir / "shardlet.log"))

@@ -1,0 +1,505 @@
+"""One shard: plays kubelet for every managed node in its slice.
+
+Watch events feed the pure stage engine; the engine's plan goes into a keyed delay queue; due
+jobs render the stage's `next` into writes (events, patches, deletes) sent to the apiserver.
+Leases of owned nodes are renewed by the LeaseRenewer. Which nodes are "owned" is decided by the
+coordinator (`assign`); a shard run alone owns every managed node.
+
+Pods are seen either through one cluster-wide watch filtered by node (kwok's way, `pod_watch=
+"cluster"`) or through one field-selected watch per owned node (`pod_watch="node"`), which keeps
+a shard's apiserver traffic and decoding proportional to its slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from shardlet.api import ApiError, Kube, path_for
+from shardlet.delayqueue import DelayQueue
+from shardlet.ipam import IPAM, IPAMError
+from shardlet.lease import LeaseRenewer
+from shardlet.metrics import ShardMetrics
+from shardlet.stages.engine import Actions, StageEngine
+from shardlet.stages.funcs import base_funcs
+from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
+from shardlet.watch import Reflector, obj_key
+
+log = structlog.get_logger("shardlet.shard")
+
+FAKE_ANNOTATION = "kwok.x-k8s.io/node=fake"
+
+
+@dataclass
+class ShardConfig:
+    name: str = "shardlet-0"
+    manage_all_nodes: bool = False
+    node_annotation_selector: str = FAKE_ANNOTATION   # "k=v,k2=v2,k3" matched client-side like kwok
+    node_label_selector: str = ""                     # sent to the server
+    lease_duration: int = 40                          # 0 disables leases
+    profiles: tuple[str, ...] = ("fast",)
+    stage_files: tuple[str, ...] = ()
+    watch_stages: bool = True
+    cidr: str = "10.0.0.0/24"
+    node_ip: str = "127.0.0.1"
+    node_name: str = ""
+    node_port: int = 10250
+    stage_concurrency: int = 64
+    lease_concurrency: int = 64
+    pod_watch: str = "cluster"                        # "cluster" | "node"
+    metrics_port: int = -1                            # -1 off, 0 any free port
+    metrics_addr: str = "127.0.0.1"
+
+
+@dataclass
+class NodeInfo:
+    uid: str
+    ips: list[str]
+    cidrs: list[str]
+    managed: bool
+
+
+@dataclass
+class Job:
+    kind: str
+    obj: dict[str, Any]
+    stage: Stage
+
+
+def parse_annotation_selector(sel: str) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for part in filter(None, (p.strip() for p in sel.split(","))):
+        if "!=" in part:
+            raise ValueError(f"node annotation selector {sel!r}: only k=v and k are supported, got {part!r}")
+        k, eq, v = part.partition("=")
+        out.append((k.strip(), v.strip().lstrip("=") if eq else None))
+    return out
+
+
+def _node_ips(node: dict[str, Any]) -> list[str]:
+    addrs = (node.get("status") or {}).get("addresses") or []
+    for typ in ("InternalIP", "ExternalIP"):
+        ips = [a.get("address") for a in addrs if isinstance(a, dict) and a.get("type") == typ and a.get("address")]
+        if ips:
+            return ips
+    return []
+
+
+def _node_cidrs(node: dict[str, Any]) -> list[str]:
+    spec = node.get("spec") or {}
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    return [c for c in cidrs if isinstance(c, str)]
+
+
+class Shard:
+    def __init__(self, kube: Kube, config: ShardConfig, *, owned: Callable[[str], bool] | None = None) -> None:
+        self.kube = kube
+        self.cfg = config
+        self.owned: Callable[[str], bool] = owned or (lambda _n: True)
+        self.metrics = ShardMetrics(config.name)
+        kube.on_request = self.metrics.request
+        self._annotation_sel = [] if config.manage_all_nodes else parse_annotation_selector(config.node_annotation_selector)
+        self.start_time = dt.datetime.now(dt.UTC)
+        self.base_funcs = base_funcs(self.start_time)
+        self.static_stages = self._load_static_stages()
+        self.crd_stages: list[Stage] = []
+        self.crd_stage_objs: dict[str, dict[str, Any]] = {}
+        self.stage_errors: dict[str, str] = {}
+        self.engine = StageEngine(self.static_stages)
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pods: dict[str, dict[str, Any]] = {}          # key -> latest pod, for pods on owned nodes
+        self.pods_by_node: dict[str, set[str]] = {}
+        self.orphans: dict[str, dict[str, dict[str, Any]]] = {}   # node -> pods seen before their node
+        self.pod_ips: dict[str, list[str]] = {}            # pod uid -> IPs handed out
+        self.ipam = IPAM()
+        self.queue: DelayQueue[tuple[str, str], Job] = DelayQueue(
+            self._play, concurrency=config.stage_concurrency, name="stages")
+        self.leases = LeaseRenewer(kube, config.name, duration=config.lease_duration,
+                                   concurrency=config.lease_concurrency, on_renew=self.metrics.renew)
+        self.node_watch: Reflector | None = None
+        self.pod_watch: Reflector | None = None
+        self.per_node_watches: dict[str, asyncio.Task[None]] = {}
+        self.per_node_reflectors: dict[str, Reflector] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.transitions = 0
+        self.last_error = ""
+        self.ready = asyncio.Event()
+
+    # -- stages ----------------------------------------------------------------------------
+    def _load_static_stages(self) -> list[Stage]:
+        stages: list[Stage] = []
+        for p in self.cfg.profiles:
+            stages.extend(load_profile(p))
+        for f in self.cfg.stage_files:
+            good, bad = load_stage_yaml(Path(f).read_text())
+            for err in bad:
+                log.error("stage_rejected", shard=self.cfg.name, source=f, error=str(err))
+                self.stage_errors[f"{f}:{err}"] = str(err)
+            stages.extend(good)
+        return stages
+
+    def _rebuild_engine(self) -> None:
+        # a Stage object in the cluster replaces a built-in/file Stage of the same name
+        names = {s.name for s in self.crd_stages}
+        merged = [s for s in self.static_stages if s.name not in names] + self.crd_stages
+        self.engine = StageEngine(merged)
+        log.info("stages_loaded", shard=self.cfg.name, stages=sorted(s.name for s in merged))
+
+    def _on_stage(self, typ: str, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
+        if typ == "DELETED":
+            self.crd_stage_objs.pop(name, None)
+        else:
+            self.crd_stage_objs[name] = obj
+        good, bad = load_stages(self.crd_stage_objs.values())
+        self.stage_errors = {str(e).split(":", 1)[0]: str(e) for e in bad}
+        for e in bad:
+            log.error("stage_rejected", shard=self.cfg.name, error=str(e))
+        self.crd_stages = good
+        self._rebuild_engine()
+
+    # -- nodes -----------------------------------------------------------------------------
+    def _manages(self, node: dict[str, Any]) -> bool:
+        if self.cfg.manage_all_nodes:
+            return True
+        ann = (node.get("metadata") or {}).get("annotations") or {}
+        for k, v in self._annotation_sel:
+            if k not in ann or (v is not None and ann[k] != v):
+                return False
+        return True
+
+    def _on_node(self, typ: str, node: dict[str, Any]) -> None:
+        meta = node.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str):
+            raise ValueError("node without metadata.name")
+        if typ == "DELETED":
+            self._forget_node(name)
+            return
+        managed = self._manages(node)
+        prev = self.nodes.get(name)
+        self.nodes[name] = NodeInfo(str(meta.get("uid", "")), _node_ips(node), _node_cidrs(node), managed)
+        if not managed or not self.owned(name):
+            if prev is not None and prev.managed:
+                self._release_node(name)
+            return
+        if prev is None or not prev.managed:
+            self._adopt_node(name)
+        self._plan("Node", node)
+
+    def _adopt_node(self, name: str) -> None:
+        info = self.nodes[name]
+        if self.cfg.lease_duration > 0:
+            self.leases.add(name, info.uid)
+        self.metrics.nodes.set(self._owned_count())
+        if self.cfg.pod_watch == "node":
+            self._start_node_pod_watch(name)
+        for pod in self.orphans.pop(name, {}).values():
+            self._on_pod("ADDED", pod)
+
+    def _release_node(self, name: str) -> None:
+        """Stop serving a node (handed to another shard or no longer managed)."""
+        self.leases.remove(name)
+        self.queue.cancel(("Node", name))
+        for key in self.pods_by_node.pop(name, set()):
+            self.queue.cancel(("Pod", key))
+            self.pods.pop(key, None)
+        t = self.per_node_watches.pop(name, None)
+        if t is not None:
+            t.cancel()
+        self.per_node_reflectors.pop(name, None)
+        self.metrics.nodes.set(self._owned_count())
+        self.metrics.pods.set(len(self.pods))
+
+    def _forget_node(self, name: str) -> None:
+        self._release_node(name)
+        self.nodes.pop(name, None)
+        self.orphans.pop(name, None)
+
+    def _owned_count(self) -> int:
+        return len(self.leases) if self.cfg.lease_duration > 0 else sum(
+            1 for n, i in self.nodes.items() if i.managed and self.owned(n))
+
+    def serves(self, node_name: str) -> bool:
+        info = self.nodes.get(node_name)
+        return info is not None and info.managed and self.owned(node_name)
+
+    # -- pods ------------------------------------------------------------------------------
+    def _on_pod(self, typ: str, pod: dict[str, Any]) -> None:
+        key = obj_key(pod)
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        if typ == "DELETED":
+            old = self.pods.pop(key, None)
+            self.queue.cancel(("Pod", key))
+            node = node or ((old or {}).get("spec") or {}).get("nodeName", "")
+            self.pods_by_node.get(node, set()).discard(key)
+            uid = (pod.get("metadata") or {}).get("uid") or ((old or {}).get("metadata") or {}).get("uid")
+            if uid:
+                self._release_ips(str(uid))
+            self.metrics.pods.set(len(self.pods))
+            return
+        if not self.serves(node):
+            if node not in self.nodes and len(self.orphans) < 10000:
+                self.orphans.setdefault(node, {})[key] = pod   # its node event has not come yet
+            return
+        self.pods[key] = pod
+        self.pods_by_node.setdefault(node, set()).add(key)
+        self.metrics.pods.set(len(self.pods))
+        self._plan("Pod", pod)
+
+    def _start_node_pod_watch(self, node: str) -> None:
+        if node in self.per_node_watches:
+            return
+        r = Reflector(self.kube, "/api/v1/pods", self._on_pod, name=f"pods:{node}",
+                      field_selector=f"spec.nodeName={node}", on_event=lambda _n: self.metrics.watch_event("pods"))
+        self.per_node_reflectors[node] = r
+        self.per_node_watches[node] = asyncio.create_task(r.run())
+
+    # -- IPs -------------------------------------------------------------------------------
+    def _pools(self, node: str) -> list[Any]:
+        info = self.nodes.get(node)
+        return self.ipam.pool_for(info.cidrs if info else None, self.cfg.cidr)
+
+    def _node_ips_with(self, node: str) -> list[str]:
+        info = self.nodes.get(node)
+        return (info.ips if info and info.ips else None) or [self.cfg.node_ip]
+
+    def _pod_ips_with(self, pod: dict[str, Any], node: str, host_network: Any, uid: Any, name: Any, ns: Any) -> list[str]:
+        if host_network is True:
+            return self._node_ips_with(node)
+        key = str(uid or f"{ns}/{name}")
+        have = self.pod_ips.get(key)
+        if have:
+            return have
+        status = pod.get("status") or {}
+        existing = [p.get("ip") for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
+        if not existing and status.get("podIP"):
+            existing = [status["podIP"]]
+        pools = self._pools(node)
+        if existing:
+            # adopted after a restart or handoff: keep the IPs the pod already has
+            for ip in existing:
+                for pool in pools:
+                    if pool.contains(ip):
+                        pool.use(ip, key)
+            ips = existing
+        else:
+            ips = [pool.get(key) for pool in pools]
+        self.pod_ips[key] = ips
+        return ips
+
+    def _release_ips(self, uid: str) -> None:
+        if self.pod_ips.pop(uid, None) is not None:
+            self.ipam.release(uid)
+
+    def _funcs(self, kind: str, obj: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+        f = dict(self.base_funcs)
+        cfg = self.cfg
+        f["NodeIP"] = lambda: cfg.node_ip
+        f["NodeName"] = lambda: cfg.node_name
+        f["NodePort"] = lambda: cfg.node_port
+        if kind == "Pod":
+            node = (obj.get("spec") or {}).get("nodeName", "")
+            f["NodeIPWith"] = lambda n: self._node_ips_with(n)[0]
+            f["NodeIPsWith"] = self._node_ips_with
+            f["PodIPsWith"] = lambda n, hn, uid, name, ns: self._pod_ips_with(obj, n, hn, uid, name, ns)
+            f["PodIPWith"] = lambda n, hn, uid, name, ns: self._pod_ips_with(obj, n, hn, uid, name, ns)[0]
+            meta = obj.get("metadata") or {}
+            f["PodIP"] = lambda: self._pod_ips_with(obj, node, False, meta.get("uid"), meta.get("name"),
+                                                    meta.get("namespace"))[0]
+        return f
+
+    # -- stage jobs ------------------------------------------------------------------------
+    def _plan(self, kind: str, obj: dict[str, Any]) -> None:
+        key = (kind, obj_key(obj))
+        try:
+            plan = self.engine.plan(kind, obj, time.time())
+        except StageError as e:
+            self.last_error = str(e)
+            log.warning("stage_plan_failed", shard=self.cfg.name, kind=kind, object=key[1], error=str(e))
+            return
+        if plan is None:
+            self.queue.cancel(key)
+            return
+        self.queue.put(key, Job(kind, obj, plan.stage), plan.delay)
+
+    async def _play(self, key: tuple[str, str], job: Job, _due: float) -> None:
+        kind, okey = key
+        obj = job.obj
+        if kind == "Node" and not self.serves(okey):
+            return
+        if kind == "Pod" and okey not in self.pods:
+            return
+        stage = job.stage
+        try:
+            actions = self.engine.actions(stage, obj, self._funcs(kind, obj))
+        except (StageError, IPAMError) as e:
+            self.metrics.stage_error(stage.name)
+            self.last_error = str(e)
+            log.warning("stage_render_failed", shard=self.cfg.name, stage=stage.name, object=okey, error=str(e))
+            return
+        try:
+            result = await self._apply(kind, obj, actions)
+        except ApiError as e:
+            if e.status == 404:
+                return   # the object is gone; its DELETED event cleans up
+            self.metrics.stage_error(stage.name)
+            self.last_error = f"{stage.name} {okey}: {e}"
+            log.warning("stage_apply_failed", shard=self.cfg.name, stage=stage.name, object=okey,
+                        status=e.status, error=e.message[:200])
+            if e.status == 409 or e.status in (429, 500, 502, 503, 504) or e.status == 0:
+                self.queue.put(key, job, 1.0)   # retry with the same stage
+            return
+        self.transitions += 1
+        self.metrics.transition(stage.name)
+        if actions.immediate_next and result is not None:
+            refl = self.node_watch if kind == "Node" else self._pod_reflector(result)
+            if refl is not None:
+                refl.known[okey] = (result.get("metadata") or {}).get("resourceVersion", "")
+            if kind == "Pod":
+                self.pods[okey] = result
+            self._plan(kind, result)
+
+    def _pod_reflector(self, pod: dict[str, Any]) -> Reflector | None:
+        if self.cfg.pod_watch == "node":
+            return self.per_node_reflectors.get((pod.get("spec") or {}).get("nodeName", ""))
+        return self.pod_watch
+
+    async def _apply(self, kind: str, obj: dict[str, Any], actions: Actions) -> dict[str, Any] | None:
+        meta = obj.get("metadata") or {}
+        name, ns = meta.get("name", ""), meta.get("namespace", "")
+        result: dict[str, Any] | None = obj
+        if actions.event is not None:
+            await self._record_event(kind, obj, actions.event)
+        for p in actions.patches:
+            path = path_for(kind, name, ns, p.subresource or "")
+            result = await self.kube.retrying(
+                lambda path=path, p=p: self.kube.patch(path, p.body, p.type), what=f"patch {kind} {name}")
+        if actions.delete:
+            body: dict[str, Any] = {"gracePeriodSeconds": 0}
+            if meta.get("uid"):
+                body["preconditions"] = {"uid": meta["uid"]}
+            await self.kube.retrying(lambda: self.kube.delete(path_for(kind, name, ns), body),
+                                     what=f"delete {kind} {name}")
+            return None
+        return result
+
+    async def _record_event(self, kind: str, obj: dict[str, Any], ev: Any) -> None:
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": kind, "name": meta.get("name"),
+                               "namespace": meta.get("namespace", ""), "uid": meta.get("uid")},
+            "type": ev.type or "Normal", "reason": ev.reason, "message": ev.message,
+            "source": {"component": "shardlet", "host": self.cfg.name},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.kube.create(path_for("Event", namespace=ns), body)
+        except ApiError as e:  # events are best effort, as in the kubelet
+            log.debug("event_failed", shard=self.cfg.name, object=meta.get("name"), status=e.status)
+
+    # -- ownership (coordinator) -----------------------------------------------------------
+    async def set_owned(self, owned: Callable[[str], bool]) -> None:
+        """Switch to a new slice: release nodes no longer owned, adopt the newly owned ones."""
+        old = self.owned
+        self.owned = owned
+        for name, info in list(self.nodes.items()):
+            if not info.managed:
+                continue
+            was, now = old(name), owned(name)
+            if was and not now:
+                self._release_node(name)
+            elif now and not was:
+                self._adopt_node(name)
+                if self.cfg.pod_watch == "cluster":
+                    await self._relist_node_pods(name)
+                try:  # we hold no copy of a node we did not own: read it once to plan its stages
+                    self._plan("Node", await self.kube.get(path_for("Node", name)))
+                except ApiError as e:
+                    log.warning("adopt_read_failed", shard=self.cfg.name, node=name, status=e.status)
+
+    async def _relist_node_pods(self, node: str) -> None:
+        items, _ = await self.kube.list_all("/api/v1/pods", fieldSelector=f"spec.nodeName={node}")
+        for pod in items:
+            self._on_pod("ADDED", pod)
+
+    # -- run -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.cfg.metrics_port >= 0:
+            port = self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_addr)
+            log.info("metrics_serving", shard=self.cfg.name, port=port)
+        self.tasks.append(asyncio.create_task(self.queue.run()))
+        if self.cfg.lease_duration > 0:
+            self.tasks.append(asyncio.create_task(self.leases.run()))
+        if self.cfg.watch_stages:
+            sw = Reflector(self.kube, "/apis/kwok.x-k8s.io/v1alpha1/stages", self._on_stage, name="stages")
+            self.tasks.append(asyncio.create_task(sw.run()))
+            try:
+                await asyncio.wait_for(sw.synced.wait(), 10)
+            except TimeoutError:
+                log.info("no_stage_crd", shard=self.cfg.name)
+        self.node_watch = Reflector(
+            self.kube, "/api/v1/nodes", self._on_node, name="nodes",
+            label_selector=self.cfg.node_label_selector or None,
+            on_event=lambda _n: self.metrics.watch_event("nodes"),
+            on_relist=lambda: self.metrics.relist("nodes"))
+        self.tasks.append(asyncio.create_task(self.node_watch.run()))
+        await self.node_watch.synced.wait()
+        if self.cfg.pod_watch == "cluster":
+            self.pod_watch = Reflector(
+                self.kube, "/api/v1/pods", self._on_pod, name="pods", field_selector="spec.nodeName!=",
+                on_event=lambda _n: self.metrics.watch_event("pods"),
+                on_relist=lambda: self.metrics.relist("pods"))
+            self.tasks.append(asyncio.create_task(self.pod_watch.run()))
+            await self.pod_watch.synced.wait()
+        self.ready.set()
+        log.info("shard_ready", shard=self.cfg.name, nodes=self._owned_count(), pods=len(self.pods))
+
+    async def stop(self, release_leases: bool = False) -> None:
+        for t in [*self.tasks, *self.per_node_watches.values()]:
+            t.cancel()
+        await asyncio.gather(*self.tasks, *self.per_node_watches.values(), return_exceptions=True)
+        if release_leases:
+            await self.leases.release_all()
+        await self.kube.close()
+
+    def status(self) -> dict[str, Any]:
+        h = self.metrics.lease_lag
+        return {
+            "shard": self.cfg.name,
+            "nodes": self._owned_count(),
+            "pods": len(self.pods),
+            "watch_events": sum(int(c._value.get()) for c in self.metrics._ev_children.values()),
+            "transitions": self.transitions,
+            "lease_renewals": self.leases.renewals,
+            "lease_failures": self.leases.failures,
+            "lease_lag_p50": _hist_quantile(h, 0.5),
+            "lease_lag_p99": _hist_quantile(h, 0.99),
+            "queue": len(self.queue),
+            "stage_errors": sorted(self.stage_errors.values()),
+            "last_error": self.last_error or self.leases.last_error,
+        }
+
+
+def _hist_quantile(h: Any, q: float) -> float | None:
+    """Quantile estimate from a prometheus Histogram child's buckets (upper bound of the bucket)."""
+    buckets = [(float(b), c.get()) for b, c in zip(h._upper_bounds, h._buckets, strict=False)]
+    total = sum(c for _, c in buckets)
+    if total == 0:
+        return None
+    acc = 0.0
+    for ub, c in buckets:
+        acc += c
+        if acc >= q * total:
+            return ub
+    return buckets[-1][0]
