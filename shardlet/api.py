@@ -74,6 +74,27 @@ def load_credentials(kubeconfig: str | None, context: str | None = None) -> Cred
     return Credentials(cfg.host.rstrip("/"), ctx, token, token_file)
 
 
+def inline_kubeconfig(path: str) -> str:
+    """The kubeconfig with every referenced file embedded (*-data), for shards on other hosts."""
+    import base64
+    import os
+
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    base = os.path.dirname(os.path.abspath(path))
+    for section, keys in (("clusters", ("certificate-authority",)), ("users", ("client-certificate", "client-key"))):
+        for entry in cfg.get(section) or []:
+            body = entry.get(section[:-1]) or {}
+            for k in keys:
+                ref = body.pop(k, None)
+                if ref:
+                    with open(os.path.join(base, ref), "rb") as f:
+                        body[f"{k}-data"] = base64.b64encode(f.read()).decode()
+    return str(yaml.safe_dump(cfg))
+
+
 class Kube:
     """One apiserver, two connection pools: short requests, and long-lived watch streams."""
 

@@ -80,8 +80,32 @@ def _cluster_up(args: argparse.Namespace) -> int:
         from shardlet.runner import start_background
 
         start_background(c, shards=args.shards, profile=args.profile, lease_duration=args.lease_duration)
+        _wait_runner(args.name, args.wait)
     print(c.kubeconfig)
     return 0
+
+
+def _wait_runner(name: str, timeout: float) -> None:
+    import json
+    import time
+    import urllib.request
+
+    from coordinator.endpoint import run_file
+    from shardlet.controlplane.cluster import Cluster
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Cluster(name).running().get("shardlet", False):
+            raise UserError(f"cluster {name!r}: shardlet exited; see {Cluster(name).log_dir / 'shardlet.log'}")
+        try:
+            url = json.loads(run_file(name).read_text())["url"]
+            with urllib.request.urlopen(url + "/status", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    raise UserError(f"cluster {name!r}: shardlet not ready after {timeout:.0f}s")
 
 
 def _cluster_down(args: argparse.Namespace) -> int:
@@ -241,16 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load_extensions() -> None:
     if _EXTENSIONS:
         return
-    import importlib
+    from shardlet import runner, scale, statuscmd
 
-    for mod in ("shardlet.runner", "shardlet.scale", "shardlet.statuscmd"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        _EXTENSIONS.append(m.register_cli)
+    _EXTENSIONS.extend([runner.register_cli, scale.register_cli, statuscmd.register_cli])
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, default=1,
                    help="number of shards; 1 runs in this process, more run as Ray actors (default: %(default)s)")
     g.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto, ray://host:10001) instead of starting one")
+    g.add_argument("--shard-cpus", type=float, default=0.0,
+                   help="CPUs each shard actor reserves in Ray's scheduler (default: %(default)s)")
+    g.add_argument("--status-port", type=int, default=0,
+                   help="coordinator /status, /metrics and /shards on 127.0.0.1 (default: any free port)")
     g.add_argument("--metrics-port", type=int, default=-1,
                    help="serve Prometheus metrics on this port (0: any free port, -1: off; default: %(default)s)")
     g.add_argument("--metrics-addr", default="127.0.0.1", help="metrics bind address (default: %(default)s)")
@@ -79,7 +83,8 @@ def config_to_dict(cfg: ShardConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
-async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: bool = False) -> None:
+async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: bool = False,
+                     run_name: str = "shardlet", status_port: int = 0) -> None:
     from shardlet.api import ApiError, Kube
     from shardlet.shard import Shard
 
@@ -92,15 +97,31 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
     except OSError as e:
         await kube.close()
         raise UserError(f"apiserver {kube.base}: unreachable ({e.strerror or e})") from None
+    from prometheus_client import generate_latest
+
+    from coordinator.endpoint import Endpoint
+
     shard = Shard(kube, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await shard.start()
+
+    async def status() -> dict[str, Any]:
+        st = shard.status()
+        st.update(pid=os.getpid(), ray_node=None, alive=True, epoch=0)
+        return {"coordinator": {"epoch": 0, "shards": 1, "mode": "in-process"}, "shards": [st]}
+
+    async def metrics() -> bytes:
+        return bytes(generate_latest(shard.metrics.registry))
+    ep = Endpoint(status, metrics)
+    port = await ep.start(run_name, status_port)
+    log.info("coordinator_ready", name=run_name, shards=1, status=f"http://127.0.0.1:{port}/status")
     await stop.wait()
     log.info("shard_stopping", shard=cfg.name)
     await shard.stop(release_leases=release_leases)
+    await ep.stop()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -111,13 +132,21 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--shards {args.shards}: must be at least 1")
     if args.shards == 1 and not args.ray_address:
         try:
-            asyncio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit))
+            asyncio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
+                                   args.name, args.status_port))
         except (OSError, ValueError) as e:
             raise UserError(f"run: {e}") from None
         return 0
-    from coordinator.driver import run_coordinator
+    import msgpack
 
-    return run_coordinator(args, kubeconfig)
+    from coordinator import driver
+    from shardlet.api import inline_kubeconfig
+
+    cfg = config_to_dict(shard_config(args))
+    return driver.run(name=args.name, shards=args.shards, config=msgpack.packb(cfg),
+                      kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None,
+                      ray_address=args.ray_address, status_port=args.status_port,
+                      release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus)
 
 
 def register_cli(sub: Any) -> None:
@@ -140,7 +169,7 @@ def start_background(cluster: Cluster, *, shards: int, profile: str, lease_durat
                      extra: list[str] | None = None) -> None:
     """Start `shardlet run` beside a local cluster; `cluster down` stops it with the rest."""
     install_crds(cluster)
-    logf = open(cluster.log_dir / "shardlet.log", "ab")  # noqa: SIM115 - handed to the child
+    logf = open(cluster.log_dir / "shardlet.log", "ab")
     cmd = [sys.executable, "-m", "shardlet.cli", "run", "--name", cluster.name, "--shards", str(shards),
            "--profile", profile, "--lease-duration", str(lease_duration), "--metrics-port", "0",
            *(extra or [])]

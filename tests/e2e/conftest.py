@@ -59,7 +59,8 @@ def bin_dir() -> Path:
 @pytest.fixture(scope="session")
 def cluster(bin_dir: Path) -> Iterator[Cluster]:
     c = Cluster(f"e2e-{os.getpid()}")
-    c.up(Options(node_monitor_grace_period="50s"), timeout=180)
+    # controllers get more QPS than the defaults (20/30) so a 1,000-pod Deployment is quick
+    c.up(Options(node_monitor_grace_period="50s", kube_api_qps=300, kube_api_burst=600), timeout=180)
     try:
         yield c
     finally:
@@ -69,3 +70,59 @@ def cluster(bin_dir: Path) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def kubectl(cluster: Cluster) -> Kubectl:
     return Kubectl(cluster.kubeconfig)
+
+
+class ShardletProcess:
+    """`shardlet run` against the session cluster, as a user would start it."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self.logf = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*SHARDLET, "--log-format", "json", "run", "--kubeconfig", str(kubeconfig), "--metrics-port", "0", *args],
+            stdout=self.logf, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out
+
+    def wait_for(self, event: str, timeout: float = 120, **match: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            assert self.proc.poll() is None, f"shardlet exited: {self.log_path.read_text()[-2000:]}"
+            for e in self.events():
+                if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
+                    return e
+            return None
+        found: dict[str, Any] = poll(find, timeout, what=f"log event {event} {match}")
+        return found
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(10)
+        self.logf.close()
+        return rc
+
+
+@pytest.fixture(scope="session")
+def shardlet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardletProcess]:
+    from shardlet.runner import install_crds
+
+    install_crds(cluster)
+    log_path = tmp_path_factory.mktemp("shardlet") / "shardlet.log"
+    sp = ShardletProcess(cluster.kubeconfig, log_path)
+    try:
+        sp.wait_for("shard_ready", 120)
+        yield sp
+    finally:
+        sp.stop()
+        if os.environ.get("CI"):
+            print(f"--- shardlet log tail ({log_path})\n" + log_path.read_text()[-3000:])

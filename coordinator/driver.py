@@ -1,0 +1,277 @@
+"""The Ray driver: start shard actors, push ring slices, notice deaths, rebalance.
+
+Shards are async Ray actors named `<cluster>-shard-<i>` in namespace "shardlet". On an existing
+Ray cluster they are detached, so they outlive the coordinator: a restarted coordinator finds
+them by name, reads the ring they hold, and re-adopts them without moving a node. Ray restarts
+a killed shard worker (max_restarts=-1); the monitor sees the fresh actor (started=False) and
+pushes the current slice again. A shard that cannot come back is dropped from the ring and its
+slice is acquired by the survivors, all well within the 40 s lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import msgpack
+import structlog
+
+from coordinator.endpoint import Endpoint
+from coordinator.messages import Slice
+from coordinator.ring import Ring
+
+log = structlog.get_logger("coordinator.driver")
+
+NAMESPACE = "shardlet"
+
+
+class Coordinator:
+    def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None,
+                 detached: bool, vnodes: int = 256, shard_cpus: float = 0.0, dead_after: float = 8.0) -> None:
+        self.name = name
+        self.want = shards
+        self.config = config
+        self.kubeconfig_text = kubeconfig_text
+        self.detached = detached
+        self.vnodes = vnodes
+        self.shard_cpus = shard_cpus
+        self.dead_after = dead_after
+        self.actors: dict[str, Any] = {}
+        self.ring = Ring([], epoch=0, vnodes=vnodes)
+        self.failing_since: dict[str, float] = {}
+        self.last_status: dict[str, dict[str, Any]] = {}
+        self.recoveries: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+        self._next_index = 0
+
+    # -- actors ----------------------------------------------------------------------------
+    def _actor_cls(self) -> Any:
+        import ray
+
+        from shardlet.actor import ShardActor
+
+        return ray.remote(ShardActor)
+
+    def _new_actor(self, sid: str) -> Any:
+        opts: dict[str, Any] = dict(name=sid, namespace=NAMESPACE, max_restarts=-1, max_task_retries=0,
+                                    num_cpus=self.shard_cpus, scheduling_strategy="SPREAD",
+                                    max_concurrency=1000)
+        if self.detached:
+            opts["lifetime"] = "detached"
+        return self._actor_cls().options(**opts).remote(sid, self.config, self.kubeconfig_text)
+
+    def _shard_id(self, i: int) -> str:
+        return f"{self.name}-shard-{i}"
+
+    async def _adopt_existing(self) -> bool:
+        """After a coordinator restart: find live shards by name and keep the ring they hold."""
+        import ray
+
+        found: dict[str, Any] = {}
+        for info in ray.util.list_named_actors(all_namespaces=True):
+            if info.get("namespace") == NAMESPACE and info["name"].startswith(f"{self.name}-shard-"):
+                try:
+                    found[info["name"]] = ray.get_actor(info["name"], namespace=NAMESPACE)
+                except ValueError:
+                    continue
+        if not found:
+            return False
+        statuses = {}
+        for sid, a in found.items():
+            try:
+                statuses[sid] = msgpack.unpackb(await asyncio.wait_for(a.status.remote(), 10))
+            except Exception:  # a dead one is replaced below
+                continue
+        best = max(statuses.values(), key=lambda s: s.get("epoch", 0), default=None)
+        if best is None or not best.get("ring"):
+            return False
+        self.actors = found
+        self.ring = Ring(best["ring"], epoch=best["epoch"], vnodes=self.vnodes)
+        self._next_index = 1 + max(int(s.rsplit("-", 1)[1]) for s in found)
+        log.info("coordinator_readopted", shards=list(self.ring.shards), epoch=self.ring.epoch)
+        # shards that missed the last phase get it now; the others answer "already there"
+        await self._push(self.ring, "acquire", list(self.ring.shards))
+        return True
+
+    async def start(self) -> None:
+        if self.detached and await self._adopt_existing():
+            return
+        ids = [self._shard_id(i) for i in range(self.want)]
+        self._next_index = self.want
+        for sid in ids:
+            self.actors[sid] = self._new_actor(sid)
+        self.ring = Ring(ids, epoch=1, vnodes=self.vnodes)
+        await self._push(self.ring, "acquire", ids)
+
+    async def _push(self, ring: Ring, phase: str, targets: list[str], timeout: float = 120) -> dict[str, bool]:
+        msg = Slice(epoch=ring.epoch, phase=phase, shards=tuple(ring.shards), vnodes=self.vnodes).to_bytes()
+
+        async def one(sid: str) -> tuple[str, bool]:
+            try:
+                ack = msgpack.unpackb(await asyncio.wait_for(self.actors[sid].assign.remote(msg), timeout))
+                return sid, bool(ack.get("ok"))
+            except Exception as e:
+                log.warning("assign_failed", shard=sid, phase=phase, epoch=ring.epoch, error=repr(e)[:200])
+                return sid, False
+        return dict(await asyncio.gather(*(one(s) for s in targets)))
+
+    async def scale(self, n: int) -> dict[str, Any]:
+        """Two-phase handoff to n shards: old owners release, then new owners acquire."""
+        async with self._lock:
+            t0 = time.monotonic()
+            old = self.ring
+            keep = list(old.shards)[:n]
+            new_ids = keep + [self._shard_id(self._next_index + i) for i in range(max(0, n - len(keep)))]
+            self._next_index += max(0, n - len(keep))
+            for sid in new_ids:
+                if sid not in self.actors:
+                    self.actors[sid] = self._new_actor(sid)
+            new = Ring(new_ids, epoch=old.epoch + 1, vnodes=self.vnodes)
+            await self._push(new, "release", list(old.shards))
+            self.ring = new
+            acks = await self._push(new, "acquire", new_ids)
+            for sid in set(old.shards) - set(new_ids):
+                await self._retire(sid)
+            took = time.monotonic() - t0
+            log.info("shards_scaled", shards=n, epoch=new.epoch, seconds=round(took, 3))
+            return {"shards": n, "epoch": new.epoch, "seconds": took, "acked": acks}
+
+    async def _retire(self, sid: str) -> None:
+        import ray
+
+        a = self.actors.pop(sid, None)
+        if a is None:
+            return
+        try:
+            await asyncio.wait_for(a.stop.remote(False), 30)
+        except Exception:
+            pass
+        ray.kill(a, no_restart=True)
+
+    # -- monitoring ------------------------------------------------------------------------
+    async def monitor(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            async with self._lock:
+                await self._check_all()
+
+    async def _check_all(self) -> None:
+        async def one(sid: str) -> None:
+            a = self.actors[sid]
+            try:
+                st = msgpack.unpackb(await asyncio.wait_for(a.status.remote(), 3))
+            except Exception as e:
+                since = self.failing_since.setdefault(sid, time.monotonic())
+                if time.monotonic() - since > self.dead_after:
+                    await self._drop(sid, repr(e))
+                return
+            if not st.get("started") or st.get("epoch", 0) < self.ring.epoch:
+                # Ray restarted it (fresh state): give it its slice again
+                t0 = self.failing_since.pop(sid, time.monotonic())
+                await self._push(self.ring, "acquire", [sid])
+                rec = {"shard": sid, "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
+                self.recoveries.append(rec)
+                log.info("shard_recovered", **rec)
+            else:
+                self.failing_since.pop(sid, None)
+            self.last_status[sid] = st
+        await asyncio.gather(*(one(s) for s in list(self.ring.shards)))
+
+    async def _drop(self, sid: str, why: str) -> None:
+        """A shard that did not come back: survivors acquire its slice."""
+        import ray
+
+        log.warning("shard_dead", shard=sid, error=why[:200])
+        self.failing_since.pop(sid, None)
+        a = self.actors.pop(sid, None)
+        if a is not None:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        survivors = [s for s in self.ring.shards if s != sid]
+        if not survivors:
+            return
+        self.ring = Ring(survivors, epoch=self.ring.epoch + 1, vnodes=self.vnodes)
+        await self._push(self.ring, "acquire", survivors)
+
+    # -- reporting -------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        shards = []
+        for sid in self.ring.shards:
+            st = dict(self.last_status.get(sid, {"shard": sid}))
+            st["alive"] = sid not in self.failing_since
+            shards.append(st)
+        return {"coordinator": {"epoch": self.ring.epoch, "shards": len(self.ring.shards), "mode": "ray",
+                                "recoveries": self.recoveries[-20:]}, "shards": shards}
+
+    async def metrics(self) -> bytes:
+        async def one(a: Any) -> bytes:
+            try:
+                out: bytes = await asyncio.wait_for(a.metrics.remote(), 5)
+                return out
+            except Exception:
+                return b""
+        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.ring.shards if s in self.actors))
+        return _merge_exposition(list(parts))
+
+    async def stop(self, release_leases: bool) -> None:
+        if self.detached:
+            return   # detached shards keep serving; a new coordinator re-adopts them
+        await asyncio.gather(*(a.stop.remote(release_leases) for a in self.actors.values()), return_exceptions=True)
+
+
+def _merge_exposition(parts: list[bytes]) -> bytes:
+    """Concatenate shard expositions, keeping one HELP/TYPE header per metric family."""
+    seen: set[bytes] = set()
+    out: list[bytes] = []
+    for p in parts:
+        for line in p.splitlines():
+            if line.startswith(b"# "):
+                if line in seen:
+                    continue
+                seen.add(line)
+            out.append(line)
+    return b"\n".join(out) + b"\n"
+
+
+async def serve(coord: Coordinator, status_port: int, release_leases: bool) -> None:
+    ep = Endpoint(coord.status, coord.metrics, coord.scale)
+    await coord.start()
+    port = await ep.start(coord.name, status_port)
+    log.info("coordinator_ready", name=coord.name, shards=len(coord.ring.shards), epoch=coord.ring.epoch,
+             status=f"http://127.0.0.1:{port}/status")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    mon = asyncio.create_task(coord.monitor())
+    await stop.wait()
+    mon.cancel()
+    await coord.stop(release_leases)
+    await ep.stop()
+
+
+def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, ray_address: str | None,
+        status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0) -> int:
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray_address and os.environ.get("RAY_ADDRESS"):
+        ray_address = "auto"   # started by `ray job submit`: join the job's cluster
+    if ray_address:
+        ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=True)
+    else:
+        ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
+                 object_store_memory=128 << 20, log_to_driver=True)
+    coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text,
+                        detached=bool(ray_address), shard_cpus=shard_cpus)
+    try:
+        asyncio.run(serve(coord, status_port, release_leases))
+    finally:
+        ray.shutdown()
+    return 0

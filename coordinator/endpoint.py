@@ -1,0 +1,75 @@
+"""The coordinator's small HTTP face on 127.0.0.1: /status (JSON), /metrics (Prometheus text of
+every shard), POST /shards?n=N (rebalance). Its address is written to a run file so that
+`shardlet status` and `shardlet shards scale` find it by cluster name."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+
+def run_dir() -> Path:
+    base = os.environ.get("SHARDLET_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "shardlet")
+    return Path(base) / "run"
+
+
+def run_file(name: str) -> Path:
+    return run_dir() / f"{name}.json"
+
+
+class Endpoint:
+    def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]], metrics: Callable[[], Awaitable[bytes]],
+                 scale: Callable[[int], Awaitable[dict[str, Any]]] | None = None) -> None:
+        self._status, self._metrics, self._scale = status, metrics, scale
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        self.name = ""
+
+    async def start(self, name: str, port: int = 0, addr: str = "127.0.0.1") -> int:
+        app = web.Application()
+        app.router.add_get("/status", self._h_status)
+        app.router.add_get("/metrics", self._h_metrics)
+        app.router.add_post("/shards", self._h_scale)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, addr, port)
+        await site.start()
+        self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.name = name
+        run_dir().mkdir(parents=True, exist_ok=True)
+        run_file(name).write_text(json.dumps({"url": f"http://{addr}:{self.port}", "pid": os.getpid()}))
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        try:
+            f = run_file(self.name)
+            if json.loads(f.read_text()).get("pid") == os.getpid():
+                f.unlink()
+        except (OSError, ValueError):
+            pass
+
+    async def _h_status(self, _: web.Request) -> web.Response:
+        return web.json_response(await self._status())
+
+    async def _h_metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=await self._metrics(), content_type="text/plain")
+
+    async def _h_scale(self, req: web.Request) -> web.Response:
+        if self._scale is None:
+            return web.json_response({"error": "this runner has one in-process shard; start it with --shards N"},
+                                     status=400)
+        try:
+            n = int(req.query.get("n", ""))
+        except ValueError:
+            return web.json_response({"error": f"n={req.query.get('n')!r} is not a whole number"}, status=400)
+        if n < 1:
+            return web.json_response({"error": f"n={n} must be at least 1"}, status=400)
+        return web.json_response(await self._scale(n))

@@ -1,0 +1,104 @@
+"""The Ray actor face of a shard: `assign`, `status`, `stop`, nothing else.
+
+The coordinator never sends node lists: it sends the ring (shard ids, vnodes, epoch) and a
+phase. In the release phase a shard keeps only nodes it owns under both the old and the new
+ring; in the acquire phase it takes everything the new ring gives it. Because every shard
+computes ownership with the same deterministic ring, no node is served by two shards in one
+epoch. Messages are msgpack bytes (coordinator.messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import structlog
+
+from coordinator.messages import Slice
+from coordinator.ring import Ring
+from shardlet.api import Kube
+from shardlet.shard import Shard, ShardConfig
+
+log = structlog.get_logger("shardlet.actor")
+
+
+class ShardActor:
+    """Plain class; `coordinator.driver` wraps it with `ray.remote` and its restart options."""
+
+    def __init__(self, shard_id: str, config: bytes, kubeconfig_text: str | None) -> None:
+        from shardlet import logs
+
+        logs.configure(os.environ.get("SHARDLET_LOG_LEVEL", "info"), os.environ.get("SHARDLET_LOG_FORMAT", "json"))
+        self.id = shard_id
+        cfg = msgpack.unpackb(config)
+        cfg["name"] = shard_id
+        cfg["profiles"] = tuple(cfg.get("profiles", ()))
+        cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
+        self.cfg = ShardConfig(**cfg)
+        self.kubeconfig: str | None = None
+        if kubeconfig_text is not None:
+            fd, path = tempfile.mkstemp(prefix=f"shardlet-{shard_id}-", suffix=".kubeconfig")
+            with os.fdopen(fd, "w") as f:   # mkstemp makes it 0600
+                f.write(kubeconfig_text)
+            self.kubeconfig = path
+        self.shard: Shard | None = None
+        self.ring: Ring | None = None
+        self.epoch = 0
+        self.phase = "none"
+        self.started_at = time.time()
+        self._lock = asyncio.Lock()
+
+    def _owner_pred(self, *rings: Ring) -> Any:
+        me = self.id
+        return lambda node: all(r.owner(node) == me for r in rings)
+
+    async def assign(self, msg: bytes) -> bytes:
+        s = Slice.from_bytes(msg)
+        async with self._lock:
+            if s.epoch < self.epoch or (s.epoch == self.epoch and s.phase == self.phase):
+                return msgpack.packb({"ok": s.epoch == self.epoch, "epoch": self.epoch, "shard": self.id})
+            new = Ring(s.shards, epoch=s.epoch, vnodes=s.vnodes)
+            if self.shard is None:
+                # first assignment (or after a restart): serve the new slice straight away
+                pred = self._owner_pred(new) if s.phase == "acquire" else self._owner_pred(new, self.ring or new)
+                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred)
+                await self.shard.start()
+            else:
+                old = self.ring or new
+                pred = self._owner_pred(old, new) if s.phase == "release" else self._owner_pred(new)
+                await self.shard.set_owned(pred)
+            if s.phase == "acquire":
+                self.ring = new
+            self.epoch, self.phase = s.epoch, s.phase
+            log.info("slice_assigned", shard=self.id, epoch=s.epoch, phase=s.phase,
+                     nodes=self.shard.status()["nodes"])
+            return msgpack.packb({"ok": True, "epoch": self.epoch, "shard": self.id})
+
+    async def status(self) -> bytes:
+        st: dict[str, Any] = self.shard.status() if self.shard else {"shard": self.id, "nodes": 0, "pods": 0}
+        import ray
+
+        st.update(epoch=self.epoch, phase=self.phase, pid=os.getpid(), started=self.shard is not None,
+                  ray_node=ray.get_runtime_context().get_node_id(), up_since=self.started_at,
+                  ring=list(self.ring.shards) if self.ring else [])
+        return msgpack.packb(st)
+
+    async def metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.shard.metrics.registry) if self.shard else b""
+
+    async def stop(self, release_leases: bool = False) -> bool:
+        if self.shard is not None:
+            await self.shard.stop(release_leases=release_leases)
+            self.shard = None
+        if self.kubeconfig:
+            try:
+                os.unlink(self.kubeconfig)
+            except OSError:
+                pass
+        return True
