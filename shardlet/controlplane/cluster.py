@@ -230,7 +230,7 @@ class Cluster:
         return f"https://127.0.0.1:{st.ports['kube-apiserver']}"
 
     def _spawn(self, st: State, name: str, args: list[str]) -> None:
-        logf = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.log_dir / f"{name}.log", "ab")  # handed to the child, closed here
         exe = str(Path(st.bin_dir) / name)
         proc = subprocess.Popen([exe, *args], stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir)
