@@ -62,6 +62,12 @@ receives an accepted message again, and the epoch it stamps on its writes is wha
 lets the other side tell it is stale.  After phase 2 completes every node is served by
 exactly ``new.owner(node)`` (unless that shard died, see above).
 
+The same protocol can ship rings instead of node lists (``messages.Slice``, which the Ray
+driver uses): in the release phase a shard keeps only the nodes it owns under both its
+current ring and the new one, which is exactly ``plan.releases()[shard]`` released; in the
+acquire phase it serves ``new.slice_of(shard, nodes)``.  The ordering rule is unchanged:
+no acquire-phase message goes out before every old owner acked its release or is dead.
+
 Nodes that appear while a ring is current are handed to ``ring.owner(node)`` with an
 ``Acquire`` at the ring's epoch (accepted: equal epochs are fine); nodes that disappear
 are released by their owner the same way.  To (re)start a shard wholesale, send it
@@ -181,12 +187,17 @@ class Handoff:
 def plan_handoff(old: Ring, new: Ring, nodes: Iterable[str]) -> Handoff:
     """The handoff from ``old`` to ``new`` for the current node set.
 
-    ``new.epoch`` must be greater than ``old.epoch``.  Only nodes whose owner differs
+    ``new.epoch`` must be greater than ``old.epoch`` and neither ring may be empty.  Only nodes whose owner differs
     between the two rings move; with consistent hashing that is ~1/S of them for a
     one-shard change, and only to (scale up) or from (scale down, death) the changed shard.
     """
     if new.epoch <= old.epoch:
         raise ValueError(f"new ring epoch {new.epoch} must be greater than old ring epoch {old.epoch}")
+    if not old.shards or not new.shards:
+        raise ValueError(
+            "plan_handoff needs shards on both rings; to start from an empty ring send every shard "
+            "its assign() instead"
+        )
     pairs: dict[tuple[str, str], set[str]] = {}
     old_owner, new_owner = old.owner, new.owner
     for node in set(nodes):

@@ -18,6 +18,9 @@ Messages (see :mod:`coordinator.assignment` for the protocol they carry):
   stale-epoch nack and ``held_epoch`` is the newer epoch the shard holds.
 * :class:`StatusReport` (shard -> coordinator): periodic gauges, counters and lag
   percentiles.
+* :class:`Slice` (coordinator -> shard): the same two-phase handoff without node lists:
+  the whole ring (shard ids, vnodes, epoch) and a phase; each shard derives its own
+  slice with :meth:`coordinator.ring.Ring.owner` (the Ray driver and actor use this).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "Assign",
     "Message",
     "Release",
+    "Slice",
     "StatusReport",
     "decode",
 ]
@@ -261,9 +265,49 @@ class StatusReport(_Message):
         )
 
 
-Message: TypeAlias = Assign | Release | Acquire | Ack | StatusReport
+@dataclass(frozen=True, slots=True)
+class Slice(_Message):
+    """The ring at ``epoch`` and a handoff phase, for a shard to derive its own slice.
 
-_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in (Assign, Release, Acquire, Ack, StatusReport)}
+    ``phase="release"``: keep only the nodes owned under both the shard's current ring and
+    this one (i.e. release exactly ``plan_handoff(old, new).releases()[shard]``);
+    ``phase="acquire"``: serve everything this ring gives the shard.  Rebuild the ring with
+    ``Ring(slice.shards, epoch=slice.epoch, vnodes=slice.vnodes)``.
+    """
+
+    TYPE: ClassVar[str] = "slice"
+    PHASES: ClassVar[frozenset[str]] = frozenset({"release", "acquire"})
+
+    epoch: int
+    phase: str
+    shards: tuple[str, ...]
+    vnodes: int
+
+    def __post_init__(self) -> None:
+        _want_uint("epoch", self.epoch)
+        if _want_str("phase", self.phase) not in self.PHASES:
+            raise ValueError(f"field 'phase' must be one of {sorted(self.PHASES)}, got {self.phase!r}")
+        shards = self.shards
+        if isinstance(shards, str | bytes) or not isinstance(shards, list | tuple):
+            raise ValueError(f"field 'shards' must be a list of shard ids, got {type(shards).__name__}")
+        for s in shards:
+            _want_str("shards[]", s)
+        object.__setattr__(self, "shards", tuple(shards))
+        if _want_uint("vnodes", self.vnodes) < 1:
+            raise ValueError("field 'vnodes' must be >= 1")
+
+    def _fields(self) -> dict[str, object]:
+        return {"epoch": self.epoch, "phase": self.phase, "shards": list(self.shards), "vnodes": self.vnodes}
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Self:
+        _exact_fields(cls.TYPE, fields, {"epoch", "phase", "shards", "vnodes"})
+        return cls(fields["epoch"], fields["phase"], fields["shards"], fields["vnodes"])
+
+
+Message: TypeAlias = Assign | Release | Acquire | Ack | StatusReport | Slice
+
+_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in (Assign, Release, Acquire, Ack, StatusReport, Slice)}
 
 
 def _exact_fields(type_name: str, fields: Mapping[str, object], expected: set[str]) -> None:

@@ -93,7 +93,9 @@ def _shard_points(shard: str, vnodes: int) -> tuple[int, ...]:
 class Ring:
     """An immutable consistent-hash ring of shard ids, stamped with an epoch.
 
-    ``shards`` is kept sorted, so the order the ids are given in does not matter.
+    ``shards`` is kept sorted, so the order the ids are given in does not matter.  A ring
+    may be empty (a coordinator before its first shard): it owns nothing, and ``owner()``
+    raises ``LookupError``.
     """
 
     __slots__ = ("_owners", "_points", "epoch", "shards", "vnodes")
@@ -106,8 +108,6 @@ class Ring:
 
     def __init__(self, shards: Iterable[str], epoch: int = 0, vnodes: int = DEFAULT_VNODES) -> None:
         ids = tuple(shards)
-        if not ids:
-            raise ValueError("a ring needs at least one shard")
         for s in ids:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"shard ids must be non-empty strings, got {s!r}")
@@ -131,15 +131,23 @@ class Ring:
         self._points = [points[i] for i in order]
         self._owners = [owners[i] for i in order]
         # Sentinel 2**64 (> every 64-bit hash) owned by the first point's shard: that is
-        # the wrap-around, so owner() needs no bounds check.
+        # the wrap-around, so owner() needs no bounds check.  An empty ring has no owners
+        # at all, so owner() hits an IndexError, reported as a LookupError.
         self._points.append(_SPACE)
-        self._owners.append(self._owners[0])
+        if self._owners:
+            self._owners.append(self._owners[0])
 
     def owner(self, key: str) -> str:
-        """The shard that owns ``key`` (a node name)."""
+        """The shard that owns ``key`` (a node name); ``LookupError`` on an empty ring."""
         h = _key_hasher()
         h.update(key.encode())
-        return self._owners[bisect_left(self._points, _from_bytes(h.digest()))]
+        try:
+            return self._owners[bisect_left(self._points, _from_bytes(h.digest()))]
+        except IndexError:
+            raise self._empty() from None
+
+    def _empty(self) -> LookupError:
+        return LookupError(f"the epoch {self.epoch} ring has no shards: no owner for any node")
 
     def with_shards(self, shards: Iterable[str]) -> Ring:
         """A new ring over ``shards`` (same vnode count) at ``epoch + 1``."""
@@ -166,6 +174,10 @@ class Ring:
         """Every shard's slice of ``keys`` in one pass; every shard on the ring has an entry."""
         points, owners, hasher = self._points, self._owners, _key_hasher
         out: dict[str, list[str]] = {s: [] for s in self.shards}
+        if not owners:
+            for _ in keys:
+                raise self._empty()
+            return out
         for key in keys:
             h = hasher()
             h.update(key.encode())
@@ -176,6 +188,8 @@ class Ring:
         """The exact fraction of the hash space each shard owns (its expected share of keys)."""
         totals = dict.fromkeys(self.shards, 0)
         points, owners = self._points, self._owners
+        if not owners:
+            return {}
         prev = points[-2] - _SPACE  # the last real point, one turn back
         for i in range(len(points) - 1):
             totals[owners[i]] += points[i] - prev

@@ -119,6 +119,15 @@ def test_plan_requires_a_newer_epoch() -> None:
             plan_handoff(r, other, KWOK_2K)
 
 
+def test_plan_needs_shards_on_both_rings() -> None:
+    empty = Ring([])
+    with pytest.raises(ValueError, match="send every shard its assign"):
+        plan_handoff(empty, empty.with_shards(["a"]), KWOK_2K)
+    with pytest.raises(ValueError, match="needs shards on both rings"):
+        plan_handoff(Ring(["a"]), Ring([], epoch=1), KWOK_2K)
+    assert assign(empty, []) == {}
+
+
 def test_handoff_is_immutable_and_hashable() -> None:
     plan = Handoff(0, 1, ("a",), (), (Transfer("b", "a", frozenset({"n"})),))
     assert hash(plan) == hash(Handoff(0, 1, ("a",), (), (Transfer("b", "a", frozenset({"n"})),)))

@@ -17,6 +17,7 @@ from coordinator.messages import (
     Assign,
     Message,
     Release,
+    Slice,
     StatusReport,
     decode,
 )
@@ -43,7 +44,14 @@ reports = st.builds(
     st.dictionaries(names, u64, max_size=10),
     st.dictionaries(st.sampled_from(["p50", "p90", "p99", "p999", "max"]), finite),
 )
-messages: st.SearchStrategy[Message] = st.one_of(nodes_messages, acks, reports)
+slices = st.builds(
+    Slice,
+    u64,
+    st.sampled_from(["release", "acquire"]),
+    st.lists(names, max_size=20).map(tuple),
+    st.integers(1, 2**16),
+)
+messages: st.SearchStrategy[Message] = st.one_of(nodes_messages, acks, reports, slices)
 
 
 def pack(obj: Any) -> bytes:
@@ -212,6 +220,31 @@ def test_bad_status_reports(fields: dict[str, Any], match: str) -> None:
         "counters": {},
         "lag_ms": {},
     }
+    with pytest.raises(ValueError, match=match):
+        decode(pack({**base, **fields}))
+
+
+def test_slice_as_the_driver_uses_it() -> None:
+    msg = Slice(epoch=5, phase="release", shards=("shard-0", "shard-1"), vnodes=256)
+    back = Slice.from_bytes(msg.to_bytes())
+    assert (back.epoch, back.phase, back.shards, back.vnodes) == (5, "release", ("shard-0", "shard-1"), 256)
+    assert Slice(1, "acquire", ["a"], 8).shards == ("a",)  # type: ignore[arg-type]
+    assert Slice(0, "acquire", (), 256) == Slice.from_bytes(Slice(0, "acquire", (), 256).to_bytes())
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"phase": "assign"}, r"field 'phase' must be one of \['acquire', 'release'\]"),
+        ({"phase": None}, "field 'phase' must be a str"),
+        ({"shards": "ab"}, "field 'shards' must be a list of shard ids"),
+        ({"shards": ["a", 2]}, r"field 'shards\[\]' must be a str"),
+        ({"vnodes": 0}, "field 'vnodes' must be >= 1"),
+        ({"epoch": -2}, "field 'epoch' must be an int"),
+    ],
+)
+def test_bad_slices(fields: dict[str, Any], match: str) -> None:
+    base = {"type": "slice", "v": 1, "epoch": 1, "phase": "acquire", "shards": ["a"], "vnodes": 256}
     with pytest.raises(ValueError, match=match):
         decode(pack({**base, **fields}))
 

@@ -179,7 +179,6 @@ def test_with_shards_bumps_epoch_and_keeps_vnodes() -> None:
 @pytest.mark.parametrize(
     ("shards", "kwargs", "match"),
     [
-        ([], {}, "at least one shard"),
         (["a", "a", "b"], {}, r"duplicate shard ids: \['a'\]"),
         (["a", ""], {}, "non-empty strings"),
         (["a", 3], {}, "non-empty strings"),
@@ -190,6 +189,19 @@ def test_with_shards_bumps_epoch_and_keeps_vnodes() -> None:
 def test_invalid_rings(shards: list[object], kwargs: dict[str, int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Ring(shards, **kwargs)  # type: ignore[arg-type]
+
+
+def test_empty_ring_owns_nothing() -> None:
+    r = Ring([], epoch=0, vnodes=256)  # a coordinator before its first shard
+    assert (r.shards, len(r), r.shares(), r.partition([])) == ((), 0, {}, {})
+    with pytest.raises(LookupError, match="epoch 0 ring has no shards"):
+        r.owner("kwok-node-0")
+    with pytest.raises(LookupError, match="no shards"):
+        r.partition(["kwok-node-0"])
+    with pytest.raises(ValueError, match="not on the ring"):
+        r.slice_of("shard-0", ["kwok-node-0"])
+    grown = r.with_shards(["shard-0"])
+    assert (grown.epoch, grown.owner("kwok-node-0")) == (1, "shard-0")
 
 
 def test_single_shard_owns_everything() -> None:
