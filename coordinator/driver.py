@@ -20,7 +20,7 @@ import structlog
 
 from coordinator.endpoint import Endpoint
 from coordinator.messages import Slice
-from coordinator.ring import Ring
+from coordinator.ring import DEFAULT_VNODES, Ring
 
 log = structlog.get_logger("coordinator.driver")
 
@@ -29,7 +29,7 @@ NAMESPACE = "shardlet"
 
 class Coordinator:
     def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None,
-                 detached: bool, vnodes: int = 256, shard_cpus: float = 0.0, dead_after: float = 8.0) -> None:
+                 detached: bool, vnodes: int = DEFAULT_VNODES, shard_cpus: float = 0.0, dead_after: float = 8.0) -> None:
         self.name = name
         self.want = shards
         self.config = config
@@ -122,7 +122,8 @@ class Coordinator:
         async with self._lock:
             t0 = time.monotonic()
             old = self.ring
-            keep = list(old.shards)[:n]
+            # keep the oldest shards (Ring.shards is sorted by name, not by creation)
+            keep = sorted(old.shards, key=lambda sid: int(sid.rsplit("-", 1)[1]))[:n]
             new_ids = keep + [self._shard_id(self._next_index + i) for i in range(max(0, n - len(keep)))]
             self._next_index += max(0, n - len(keep))
             for sid in new_ids:

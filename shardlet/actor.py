@@ -19,7 +19,7 @@ import msgpack
 import structlog
 
 from coordinator.messages import Slice
-from coordinator.ring import Ring
+from coordinator.ring import Ring, bucket
 from shardlet.api import Kube
 from shardlet.shard import Shard, ShardConfig
 
@@ -52,9 +52,17 @@ class ShardActor:
         self.started_at = time.time()
         self._lock = asyncio.Lock()
 
-    def _owner_pred(self, *rings: Ring) -> Any:
+    def _slice(self, *rings: Ring) -> tuple[Any, frozenset[int] | None]:
+        """Ownership under every ring given (one ring, or old and new during a release).
+
+        With bucket labels the ring hashes bucket ids and a node belongs to its bucket's owner,
+        so a shard can ask the apiserver for exactly its buckets."""
         me = self.id
-        return lambda node: all(r.owner(node) == me for r in rings)
+        nb = self.cfg.buckets
+        if nb > 0:
+            mine = frozenset(b for b in range(nb) if all(r.owner(f"bucket-{b}") == me for r in rings))
+            return (lambda node: bucket(node, nb) in mine), mine
+        return (lambda node: all(r.owner(node) == me for r in rings)), None
 
     async def assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
@@ -64,13 +72,13 @@ class ShardActor:
             new = Ring(s.shards, epoch=s.epoch, vnodes=s.vnodes)
             if self.shard is None:
                 # first assignment (or after a restart): serve the new slice straight away
-                pred = self._owner_pred(new) if s.phase == "acquire" else self._owner_pred(new, self.ring or new)
-                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred)
+                pred, mine = self._slice(new) if s.phase == "acquire" else self._slice(new, self.ring or new)
+                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred, buckets=mine)
                 await self.shard.start()
             else:
                 old = self.ring or new
-                pred = self._owner_pred(old, new) if s.phase == "release" else self._owner_pred(new)
-                await self.shard.set_owned(pred)
+                pred, mine = self._slice(old, new) if s.phase == "release" else self._slice(new)
+                await self.shard.set_owned(pred, mine)
             if s.phase == "acquire":
                 self.ring = new
             self.epoch, self.phase = s.epoch, s.phase

@@ -38,6 +38,9 @@ class ShardMetrics:
             c = self._ev_children[resource] = self._watch_events.labels(self.shard, resource)
         c.inc()
 
+    def events_by_resource(self) -> dict[str, int]:
+        return {r: int(c._value.get()) for r, c in self._ev_children.items()}
+
     def relist(self, resource: str) -> None:
         self._relists.labels(self.shard, resource).inc()
 

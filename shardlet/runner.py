@@ -43,8 +43,12 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cidr", default="10.0.0.0/24", help="pod CIDR for nodes without spec.podCIDR (default: %(default)s)")
     g.add_argument("--node-ip", default="127.0.0.1", help="value of the NodeIP template function (default: %(default)s)")
     g.add_argument("--node-port", type=int, default=10250, help="value of NodePort (default: %(default)s)")
-    g.add_argument("--pod-watch", choices=["cluster", "node"], default="cluster",
-                   help="one cluster-wide pod watch filtered by node, or one watch per owned node (default: %(default)s)")
+    g.add_argument("--pod-watch", choices=["cluster", "node"], default=None,
+                   help="one cluster-wide pod watch filtered by node (kwok's way), or one field-selected watch "
+                        "per owned node (default: cluster with one shard, node with several)")
+    g.add_argument("--buckets", type=int, default=None,
+                   help="label managed nodes with one of N stable buckets and let each shard watch only its "
+                        "buckets; 0 watches every node (default: 0 with one shard, 1024 with several)")
     g.add_argument("--concurrency", type=int, default=64, help="stage writes in flight per shard (default: %(default)s)")
     g = p.add_argument_group("serving")
     g.add_argument("--shards", type=int, default=1,
@@ -66,6 +70,7 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
     for f in args.stage_file:
         if not Path(f).is_file():
             raise UserError(f"--stage-file {f}: no such file")
+    sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
     return ShardConfig(
@@ -74,7 +79,9 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         node_label_selector=args.node_label_selector, lease_duration=args.lease_duration,
         profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=not args.no_stage_crd,
         cidr=args.cidr, node_ip=args.node_ip, node_port=args.node_port,
-        stage_concurrency=args.concurrency, pod_watch=args.pod_watch,
+        stage_concurrency=args.concurrency,
+        pod_watch=args.pod_watch or ("node" if sharded else "cluster"),
+        buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
     )
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from coordinator.ring import bucket as bucket_of
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
@@ -35,6 +36,7 @@ from shardlet.watch import Reflector, obj_key
 log = structlog.get_logger("shardlet.shard")
 
 FAKE_ANNOTATION = "kwok.x-k8s.io/node=fake"
+BUCKET_LABEL = "shardlet.x-k8s.io/bucket"
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ShardConfig:
     stage_concurrency: int = 64
     lease_concurrency: int = 64
     pod_watch: str = "cluster"                        # "cluster" | "node"
+    buckets: int = 0                                  # >0: label nodes with a stable bucket and
+                                                      # watch only the buckets of this slice
     metrics_port: int = -1                            # -1 off, 0 any free port
     metrics_addr: str = "127.0.0.1"
 
@@ -70,7 +74,7 @@ class NodeInfo:
 class Job:
     kind: str
     obj: dict[str, Any]
-    stage: Stage
+    stage: Stage | None     # None for the bucket-label job
 
 
 def parse_annotation_selector(sel: str) -> list[tuple[str, str | None]]:
@@ -99,7 +103,8 @@ def _node_cidrs(node: dict[str, Any]) -> list[str]:
 
 
 class Shard:
-    def __init__(self, kube: Kube, config: ShardConfig, *, owned: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, kube: Kube, config: ShardConfig, *, owned: Callable[[str], bool] | None = None,
+                 buckets: frozenset[int] | None = None) -> None:
         self.kube = kube
         self.cfg = config
         self.owned: Callable[[str], bool] = owned or (lambda _n: True)
@@ -124,6 +129,9 @@ class Shard:
         self.leases = LeaseRenewer(kube, config.name, duration=config.lease_duration,
                                    concurrency=config.lease_concurrency, on_renew=self.metrics.renew)
         self.node_watch: Reflector | None = None
+        self.node_watch_task: asyncio.Task[None] | None = None
+        self.my_buckets: frozenset[int] | None = buckets   # label-sharded mode only
+        self.labeled = 0
         self.pod_watch: Reflector | None = None
         self.per_node_watches: dict[str, asyncio.Task[None]] = {}
         self.per_node_reflectors: dict[str, Reflector] = {}
@@ -332,12 +340,20 @@ class Shard:
 
     async def _play(self, key: tuple[str, str], job: Job, _due: float) -> None:
         kind, okey = key
+        if kind == "Label":
+            try:
+                await self._label(okey)
+            except ApiError as e:
+                if e.status != 404:
+                    log.warning("label_failed", shard=self.cfg.name, node=okey, status=e.status)
+            return
         obj = job.obj
         if kind == "Node" and not self.serves(okey):
             return
         if kind == "Pod" and okey not in self.pods:
             return
         stage = job.stage
+        assert stage is not None
         try:
             actions = self.engine.actions(stage, obj, self._funcs(kind, obj))
         except (StageError, IPAMError) as e:
@@ -409,10 +425,20 @@ class Shard:
             log.debug("event_failed", shard=self.cfg.name, object=meta.get("name"), status=e.status)
 
     # -- ownership (coordinator) -----------------------------------------------------------
-    async def set_owned(self, owned: Callable[[str], bool]) -> None:
-        """Switch to a new slice: release nodes no longer owned, adopt the newly owned ones."""
+    async def set_owned(self, owned: Callable[[str], bool], buckets: frozenset[int] | None = None) -> None:
+        """Switch to a new slice: release nodes no longer owned, adopt the newly owned ones.
+
+        In label-sharded mode the node watch is re-selected to the new buckets; its relist
+        brings the newly owned nodes (and reports the others as gone)."""
         old = self.owned
         self.owned = owned
+        if self.cfg.buckets > 0 and buckets is not None:
+            self.my_buckets = buckets
+            for name, info in list(self.nodes.items()):
+                if info.managed and old(name) and not owned(name):
+                    self._release_node(name)
+            await self._restart_node_watch()
+            return
         for name, info in list(self.nodes.items()):
             if not info.managed:
                 continue
@@ -433,6 +459,44 @@ class Shard:
         for pod in items:
             self._on_pod("ADDED", pod)
 
+    # -- label-sharded node watch ----------------------------------------------------------
+    def _node_selector(self) -> str | None:
+        parts = [self.cfg.node_label_selector] if self.cfg.node_label_selector else []
+        if self.cfg.buckets > 0:
+            mine = sorted(self.my_buckets or ())
+            # an empty slice selects nothing: a bucket value no node carries
+            parts.append(f"{BUCKET_LABEL} in ({','.join(map(str, mine)) or 'none'})")
+        return ",".join(parts) or None
+
+    async def _restart_node_watch(self) -> None:
+        assert self.node_watch is not None
+        if self.node_watch_task is not None:
+            self.node_watch_task.cancel()
+            await asyncio.gather(self.node_watch_task, return_exceptions=True)
+        sel = self._node_selector()
+        if sel:
+            self.node_watch.params["labelSelector"] = sel
+        self.node_watch.synced.clear()
+        self.node_watch.lists = 0          # a re-slice is not a relist storm
+        self.node_watch_task = asyncio.create_task(self.node_watch.run())
+        await self.node_watch.synced.wait()
+
+    def _on_unlabeled(self, typ: str, node: dict[str, Any]) -> None:
+        """New nodes carry no bucket yet: the shard owning the bucket labels them."""
+        if typ == "DELETED" or not self._manages(node):
+            return
+        name = node["metadata"]["name"]
+        b = bucket_of(name, self.cfg.buckets)
+        if self.my_buckets is None or b not in self.my_buckets:
+            return
+        self.queue.put(("Label", name), Job("Label", node, None), 0.0)  # type: ignore[arg-type]
+
+    async def _label(self, name: str) -> None:
+        b = bucket_of(name, self.cfg.buckets)
+        await self.kube.retrying(lambda: self.kube.patch(
+            path_for("Node", name), {"metadata": {"labels": {BUCKET_LABEL: str(b)}}}, "merge"), what=f"label {name}")
+        self.labeled += 1
+
     # -- run -------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.cfg.metrics_port >= 0:
@@ -450,10 +514,15 @@ class Shard:
                 log.info("no_stage_crd", shard=self.cfg.name)
         self.node_watch = Reflector(
             self.kube, "/api/v1/nodes", self._on_node, name="nodes",
-            label_selector=self.cfg.node_label_selector or None,
+            label_selector=self._node_selector(),
             on_event=lambda _n: self.metrics.watch_event("nodes"),
             on_relist=lambda: self.metrics.relist("nodes"))
-        self.tasks.append(asyncio.create_task(self.node_watch.run()))
+        self.node_watch_task = asyncio.create_task(self.node_watch.run())
+        if self.cfg.buckets > 0:
+            unl = ",".join(filter(None, [self.cfg.node_label_selector, f"!{BUCKET_LABEL}"]))
+            uw = Reflector(self.kube, "/api/v1/nodes", self._on_unlabeled, name="unlabeled-nodes",
+                           label_selector=unl, on_event=lambda _n: self.metrics.watch_event("nodes-unlabeled"))
+            self.tasks.append(asyncio.create_task(uw.run()))
         await self.node_watch.synced.wait()
         if self.cfg.pod_watch == "cluster":
             self.pod_watch = Reflector(
@@ -466,9 +535,12 @@ class Shard:
         log.info("shard_ready", shard=self.cfg.name, nodes=self._owned_count(), pods=len(self.pods))
 
     async def stop(self, release_leases: bool = False) -> None:
-        for t in [*self.tasks, *self.per_node_watches.values()]:
+        tasks = [*self.tasks, *self.per_node_watches.values()]
+        if self.node_watch_task is not None:
+            tasks.append(self.node_watch_task)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, *self.per_node_watches.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if release_leases:
             await self.leases.release_all()
         await self.kube.close()
@@ -479,13 +551,18 @@ class Shard:
             "shard": self.cfg.name,
             "nodes": self._owned_count(),
             "pods": len(self.pods),
-            "watch_events": sum(int(c._value.get()) for c in self.metrics._ev_children.values()),
+            "watch_events": sum(self.metrics.events_by_resource().values()),
+            # what the slice's own watches decoded (not the one-off unlabeled-node events)
+            "slice_watch_events": sum(v for k, v in self.metrics.events_by_resource().items()
+                                      if k in ("nodes", "pods")),
             "transitions": self.transitions,
             "lease_renewals": self.leases.renewals,
             "lease_failures": self.leases.failures,
             "lease_lag_p50": _hist_quantile(h, 0.5),
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.queue),
+            "buckets": len(self.my_buckets) if self.my_buckets is not None else None,
+            "pod_watches": len(self.per_node_watches) or (1 if self.pod_watch else 0),
             "stage_errors": sorted(self.stage_errors.values()),
             "last_error": self.last_error or self.leases.last_error,
         }

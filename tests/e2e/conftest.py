@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,3 +127,45 @@ def shardlet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         sp.stop()
         if os.environ.get("CI"):
             print(f"--- shardlet log tail ({log_path})\n" + log_path.read_text()[-3000:])
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
+
+
+class ReadyMonitor:
+    """Polls the scaled nodes from the moment they are Ready; records every NotReady seen."""
+
+    def __init__(self, kubectl: Kubectl, selector: str = "shardlet.x-k8s.io/scale=node", interval: float = 3) -> None:
+        self.kubectl = kubectl
+        self.selector = selector
+        self.interval = interval
+        self.not_ready: list[tuple[float, str]] = []
+        self.checks = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            nodes = self.kubectl.json("get", "nodes", "-l", self.selector)["items"]
+            self.checks += 1
+            for n in nodes:
+                if not node_ready(n):
+                    self.not_ready.append((time.monotonic() - self.started, n["metadata"]["name"]))
+
+    def hold(self, seconds: float) -> None:
+        """Fail at the first NotReady; return once `seconds` have passed with none."""
+        t0 = time.monotonic()
+        checks0 = self.checks
+
+        def held() -> bool:
+            assert not self.not_ready, f"nodes went NotReady: {self.not_ready[:5]}"
+            return time.monotonic() - t0 >= seconds
+        poll(held, seconds + 30, 1, f"{seconds:.0f}s of Ready nodes")
+        assert self.checks - checks0 >= seconds / self.interval - 3, "the monitor stopped polling"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(10)
