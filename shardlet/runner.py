@@ -108,7 +108,11 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
 
     from coordinator.endpoint import Endpoint
 
-    shard = Shard(kube, cfg)
+    try:
+        shard = Shard(kube, cfg)
+    except BaseException:
+        await kube.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -123,7 +123,7 @@ class Shard:
         self.pods_by_node: dict[str, set[str]] = {}
         self.orphans: dict[str, dict[str, dict[str, Any]]] = {}   # node -> pods seen before their node
         self.pod_ips: dict[str, list[str]] = {}            # pod uid -> IPs handed out
-        self.ipam = IPAM()
+        self.ipam = IPAM(config.cidr)
         self.queue: DelayQueue[tuple[str, str], Job] = DelayQueue(
             self._play, concurrency=config.stage_concurrency, name="stages")
         self.leases = LeaseRenewer(kube, config.name, duration=config.lease_duration,
@@ -271,10 +271,6 @@ class Shard:
         self.per_node_watches[node] = asyncio.create_task(r.run())
 
     # -- IPs -------------------------------------------------------------------------------
-    def _pools(self, node: str) -> list[Any]:
-        info = self.nodes.get(node)
-        return self.ipam.pool_for(info.cidrs if info else None, self.cfg.cidr)
-
     def _node_ips_with(self, node: str) -> list[str]:
         info = self.nodes.get(node)
         return (info.ips if info and info.ips else None) or [self.cfg.node_ip]
@@ -290,16 +286,14 @@ class Shard:
         existing = [p.get("ip") for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
         if not existing and status.get("podIP"):
             existing = [status["podIP"]]
-        pools = self._pools(node)
+        info = self.nodes.get(node)
+        cidrs = info.cidrs if info else None
         if existing:
             # adopted after a restart or handoff: keep the IPs the pod already has
-            for ip in existing:
-                for pool in pools:
-                    if pool.contains(ip):
-                        pool.use(ip, key)
+            self.ipam.adopt(key, existing, cidrs, self.cfg.cidr)
             ips = existing
         else:
-            ips = [pool.get(key) for pool in pools]
+            ips = self.ipam.allocate(key, cidrs, self.cfg.cidr)
         self.pod_ips[key] = ips
         return ips
 

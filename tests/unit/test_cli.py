@@ -1,0 +1,111 @@
+"""The CLI turns every user mistake into one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shardlet import cli
+
+SHARDLET = [sys.executable, "-m", "shardlet.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SHARDLET, *args], capture_output=True, text=True, timeout=60,
+                          env=env or dict(os.environ, SHARDLET_HOME="/nonexistent-shardlet-home"))
+
+
+def one_line(p: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def test_wrong_flag() -> None:
+    p = run("scale", "node", "--replicas", "3", "--no-such-flag")
+    assert p.returncode == 2
+    assert "--no-such-flag" in one_line(p)
+
+
+def test_replicas_not_a_number() -> None:
+    p = run("scale", "node", "--replicas", "many")
+    assert p.returncode == 2
+    assert "'many' is not a whole number" in one_line(p)
+
+
+def test_missing_kubeconfig(tmp_path: Path) -> None:
+    p = run("scale", "node", "--replicas", "1", "--kubeconfig", str(tmp_path / "nope"))
+    assert p.returncode == 1
+    assert "no such file" in one_line(p) and "nope" in p.stderr
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> Path:
+    k = tmp_path / "kc"
+    k.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "x", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}]}))
+    return k
+
+
+@pytest.mark.parametrize("cmd", [["scale", "node", "--replicas", "1"], ["run"]])
+def test_unreachable_apiserver(tmp_path: Path, cmd: list[str]) -> None:
+    p = run(*cmd, "--kubeconfig", str(_kubeconfig(tmp_path, "https://127.0.0.1:1")))
+    assert p.returncode == 1
+    line = one_line(p)
+    assert "127.0.0.1:1" in line and "unreachable" in line
+
+
+def test_unknown_cluster_name() -> None:
+    p = run("kubectl", "--name", "ghost", "--", "get", "nodes")
+    assert p.returncode == 1
+    assert "ghost" in one_line(p)
+
+
+def test_status_without_runner() -> None:
+    p = run("status", "--name", "ghost")
+    assert p.returncode == 1
+    assert "no shardlet running for --name ghost" in one_line(p)
+
+
+def test_config_file_sets_flags_and_flags_win(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"lease-duration": 20, "profile": "general", "cidr": "10.9.0.0/16"}))
+    cli._load_extensions()
+    parser = cli.build_parser()
+    argv = ["--config", str(cfg), "run", "--profile", "fast"]
+    cli._apply_config(parser, argv)
+    args = parser.parse_args(argv)
+    assert args.lease_duration == 20 and args.cidr == "10.9.0.0/16"
+    assert args.profile == "fast"
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("a: [unclosed")
+    p = run("--config", str(cfg), "status")
+    assert p.returncode == 1
+    assert "not valid YAML" in one_line(p)
+
+
+def test_every_flag_has_help() -> None:
+    cli._load_extensions()
+    parser = cli.build_parser()
+
+    def walk(p: object) -> None:
+        import argparse
+        assert isinstance(p, argparse.ArgumentParser)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    walk(sp)
+            elif a.option_strings and a.dest != "help":
+                assert a.help, f"{p.prog} {a.option_strings} has no help"
+    walk(parser)

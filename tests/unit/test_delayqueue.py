@@ -1,0 +1,74 @@
+"""The keyed delay queue: ordering, replacement, cancel, bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shardlet.delayqueue import DelayQueue
+
+
+async def _run_until(q: DelayQueue[str, int], done: asyncio.Event, timeout: float = 5) -> None:
+    t = asyncio.create_task(q.run())
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+
+async def test_due_order_and_replacement() -> None:
+    seen: list[tuple[str, int]] = []
+    done = asyncio.Event()
+
+    async def run(key: str, item: int, _due: float) -> None:
+        seen.append((key, item))
+        if len(seen) == 2:
+            done.set()
+    q: DelayQueue[str, int] = DelayQueue(run)
+    q.put("b", 1, 0.05)
+    q.put("a", 1, 0.02)
+    q.put("b", 2, 0.01)     # replaces b/1: only the newest job of a key runs
+    await _run_until(q, done)
+    assert seen == [("b", 2), ("a", 1)]
+    assert len(q) == 0
+
+
+async def test_cancel() -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def run(key: str, _item: int, _due: float) -> None:
+        seen.append(key)
+        done.set()
+    q: DelayQueue[str, int] = DelayQueue(run)
+    q.put("x", 0, 0.01)
+    q.put("y", 0, 0.03)
+    q.cancel("x")
+    assert q.pending("x") is None and q.pending("y") == 0
+    await _run_until(q, done)
+    assert seen == ["y"]
+
+
+async def test_concurrency_bound_and_failures_do_not_stop_the_queue() -> None:
+    active = peak = finished = 0
+    done = asyncio.Event()
+
+    async def run(key: str, _item: int, _due: float) -> None:
+        nonlocal active, peak, finished
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        finished += 1
+        if finished == 40:
+            done.set()
+        if key.endswith("7"):
+            raise RuntimeError("a bad job")
+    q: DelayQueue[str, int] = DelayQueue(run, concurrency=4)
+    for i in range(40):
+        q.put(f"k{i}", i)
+    t0 = time.monotonic()
+    await _run_until(q, done)
+    assert peak == 4
+    assert time.monotonic() - t0 >= 0.09   # 40 jobs of 10 ms, 4 at a time
