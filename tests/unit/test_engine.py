@@ -476,3 +476,85 @@ def test_builtin_profiles_plan_nodes_and_pods() -> None:
            "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}]}}
     pp = e.plan("Pod", pod, NOW)
     assert pp is not None and pp.stage.name == "pod-ready"
+
+
+# --------------------------------------------------------------------------- with the real template engine
+
+
+def _runtime_funcs() -> dict[str, Callable[..., Any]]:
+    from shardlet.stages.funcs import base_funcs
+
+    f: dict[str, Callable[..., Any]] = dict(base_funcs())
+    f.update({
+        "NodeIP": lambda: "10.0.0.1", "NodeName": lambda: "node-1", "NodePort": lambda: 10250,
+        "NodeIPWith": lambda node: "10.0.0.1", "NodeIPsWith": lambda node: ["10.0.0.1"],
+        "PodIP": lambda: "10.244.0.5", "PodIPWith": lambda *a: "10.244.0.5", "PodIPsWith": lambda *a: ["10.244.0.5"],
+    })
+    return f
+
+
+def _profile_or_skip(name: str) -> list[Stage]:
+    try:
+        return load_profile(name)
+    except (ImportError, StageError) as err:
+        pytest.skip(f"template engine not usable yet: {err}")
+
+
+def test_fast_pod_ready_renders_a_strategic_status_patch() -> None:
+    stages = {s.name: s for s in _profile_or_skip("fast")}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+           "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "img"}]},
+           "status": {"phase": "Pending"}}
+    e = StageEngine(list(stages.values()))
+    plan = e.plan("Pod", pod, NOW)
+    assert plan is not None and plan.stage.name == "pod-ready"
+    a = e.actions(plan.stage, pod, _runtime_funcs())
+    assert len(a.patches) == 1 and a.event is None and not a.delete and not a.immediate_next
+    p = a.patches[0]
+    assert (p.subresource, p.type) == ("status", "strategic")
+    status = p.body["status"]
+    assert status["phase"] == "Running" and status["podIP"] == "10.244.0.5" and status["hostIP"] == "10.0.0.1"
+    assert [c["type"] for c in status["conditions"]] == ["Initialized", "Ready", "ContainersReady"]
+    assert status["containerStatuses"][0]["name"] == "c" and status["containerStatuses"][0]["ready"] is True
+    assert parse_rfc3339(status["startTime"]) is not None  # Now renders RFC 3339
+
+
+def test_node_initialize_and_heartbeat_render() -> None:
+    e = StageEngine(_profile_or_skip("fast"))
+    node: dict[str, Any] = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}
+    plan = e.plan("Node", node, NOW)
+    assert plan is not None and plan.stage.name == "node-initialize"
+    body = e.actions(plan.stage, node, _runtime_funcs()).patches[0].body["status"]
+    assert body["addresses"] == [{"address": "10.0.0.1", "type": "InternalIP"},
+                                 {"address": "node-1", "type": "Hostname"}]
+    assert body["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
+    assert body["allocatable"] == {"cpu": "1k", "memory": "1Ti", "pods": "1M"}
+    node["status"] = body
+    hb = e.plan("Node", node, NOW)
+    assert hb is not None and hb.stage.name == "node-heartbeat-with-lease"
+    beat = e.actions(hb.stage, node, _runtime_funcs()).patches
+    assert len(beat) == 1 and beat[0].body["status"]["addresses"] == body["addresses"]
+
+
+def test_real_template_runtime_error_names_stage_and_field() -> None:
+    _profile_or_skip("fast")
+    s = parse_stage(doc("bad-render", next={"statusTemplate": "phase: {{ index .spec.containers 5 }}"}))
+    with pytest.raises(StageError, match=r'^stage "bad-render": spec\.next\.statusTemplate: .*index out of range'):
+        StageEngine([s]).actions(s, {"spec": {"containers": []}}, _runtime_funcs())
+
+
+def test_chaos_node_not_ready_wins_by_weight_with_annotation_overrides() -> None:
+    e = StageEngine(_profile_or_skip("fast") + _profile_or_skip("chaos"), rng=random.Random(4))
+    node: dict[str, Any] = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n", "labels": {"node-not-ready.stage.kwok.x-k8s.io": "true"}, "annotations": {}},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    assert {s.name for s in e.possible("Node", node)} == {"node-not-ready"}  # weight 10000 vs 0
+    plan = e.plan("Node", node, NOW)
+    assert plan is not None and plan.stage.name == "node-not-ready" and plan.delay == 1.0
+    node["metadata"]["annotations"] = {"node-not-ready.stage.kwok.x-k8s.io/weight": "0",
+                                       "node-not-ready.stage.kwok.x-k8s.io/delay": "30s"}
+    names = Counter(p.stage.name for p in (e.plan("Node", node, NOW) for _ in range(400)) if p is not None)
+    assert set(names) == {"node-not-ready", "node-heartbeat-with-lease"}  # all weights 0: uniform
+    node["metadata"]["annotations"]["node-not-ready.stage.kwok.x-k8s.io/weight"] = "1"
+    plan = e.plan("Node", node, NOW)
+    assert plan is not None and plan.stage.name == "node-not-ready" and plan.delay == 1.0  # jitter 1s < 30s
