@@ -15,6 +15,7 @@ e.g. ``stage "pod-ready": spec.selector.matchExpressions[1].key: unexpected toke
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import math
@@ -508,7 +509,7 @@ def parse_stage(doc: Mapping[str, Any]) -> Stage:
         delay=delay,
         steps=tuple(steps),
         immediate_next_stage=v.boolean(spec, "immediateNextStage", "spec"),
-        raw=doc,
+        raw=copy.deepcopy(dict(doc)),
     )
 
 
