@@ -28,7 +28,7 @@ from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
-from shardlet.stages.engine import Actions, StageEngine
+from shardlet.stages.engine import Actions, Apply, Delete, Event, Patch, StageEngine
 from shardlet.stages.funcs import base_funcs
 from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
 from shardlet.watch import Reflector, obj_key
@@ -383,25 +383,35 @@ class Shard:
         return self.pod_watch
 
     async def _apply(self, kind: str, obj: dict[str, Any], actions: Actions) -> dict[str, Any] | None:
+        """Send the stage's writes in kwok's order; returns the object after the last patch
+        (None once deleted)."""
         meta = obj.get("metadata") or {}
         name, ns = meta.get("name", ""), meta.get("namespace", "")
+        steps: list[Any] = list(actions.ordered)
+        if not steps:
+            steps = ([actions.event] if actions.event is not None else []) + list(actions.patches)
+            if actions.delete:
+                steps.append(Delete())
         result: dict[str, Any] | None = obj
-        if actions.event is not None:
-            await self._record_event(kind, obj, actions.event)
-        for p in actions.patches:
-            path = path_for(kind, name, ns, p.subresource or "")
-            result = await self.kube.retrying(
-                lambda path=path, p=p: self.kube.patch(path, p.body, p.type), what=f"patch {kind} {name}")
-        if actions.delete:
-            body: dict[str, Any] = {"gracePeriodSeconds": 0}
-            if meta.get("uid"):
-                body["preconditions"] = {"uid": meta["uid"]}
-            await self.kube.retrying(lambda: self.kube.delete(path_for(kind, name, ns), body),
-                                     what=f"delete {kind} {name}")
-            return None
+        for step in steps:
+            if isinstance(step, Event):
+                await self._record_event(kind, obj, step)
+            elif isinstance(step, Patch | Apply):
+                path = path_for(kind, name, ns, step.subresource or "")
+                params = {"fieldManager": "shardlet", "force": "true"} if step.type == "apply" else {}
+                result = await self.kube.retrying(
+                    lambda path=path, step=step, params=params: self.kube.patch(path, step.body, step.type, **params),
+                    what=f"patch {kind} {name}")
+            elif isinstance(step, Delete):
+                body: dict[str, Any] = {"gracePeriodSeconds": 0}
+                if meta.get("uid"):
+                    body["preconditions"] = {"uid": meta["uid"]}
+                await self.kube.retrying(lambda body=body: self.kube.delete(path_for(kind, name, ns), body),
+                                         what=f"delete {kind} {name}")
+                result = None
         return result
 
-    async def _record_event(self, kind: str, obj: dict[str, Any], ev: Any) -> None:
+    async def _record_event(self, kind: str, obj: dict[str, Any], ev: Event) -> None:
         meta = obj.get("metadata") or {}
         ns = meta.get("namespace") or "default"
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
