@@ -1,0 +1,3 @@
+module shardlet.test/gotemplatediff
+
+go 1.22
