@@ -198,19 +198,17 @@ class Cluster:
             self.state()  # raises the unknown-cluster error
         st = State.load(self.state_file)
         stopped = []
-        # reverse start order: controllers first, etcd last, so nothing logs a storm of errors
-        procs = [(k, st.procs[k]) for k in reversed(list(st.procs))]
-        for name, p in procs:
-            if alive(p):
-                _signal_group(p.pid, signal.SIGTERM)
-                stopped.append(name)
-        deadline = time.monotonic() + grace
-        for _, p in procs:
-            while alive(p) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if alive(p):
+        # reverse start order, one at a time: shardlet and the controllers first, etcd last, so
+        # the apiserver's graceful shutdown still has its storage
+        for name in reversed(list(st.procs)):
+            p = st.procs[name]
+            if not alive(p):
+                continue
+            stopped.append(name)
+            _signal_group(p.pid, signal.SIGTERM)
+            if not _wait_gone(p, grace):
                 _signal_group(p.pid, signal.SIGKILL)
-        for _, p in procs:
+                _wait_gone(p, 5.0)
             _reap(p.pid)
         self._remove()
         log.info("cluster_down", cluster=self.name, stopped=stopped)
@@ -350,6 +348,16 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _wait_gone(p: Proc, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(p):
+        if time.monotonic() > deadline:
+            return False
+        _reap(p.pid)
+        time.sleep(0.02)
+    return True
 
 
 def _reap(pid: int) -> None:
