@@ -44,6 +44,7 @@ __all__ = [
 
 MAX_EXEC_DEPTH = 100  # nested {{template}} calls (Go: 100000; Python's stack is far smaller)
 MAX_PAREN_DEPTH = 100  # nested parenthesised pipelines (Go: 10000)
+_CODEGEN = True  # compile statements to Python source (False: closure tree only; for tests)
 
 
 class TemplateError(ValueError):
@@ -3062,6 +3063,18 @@ class _Compiler:
             return self.list_(n)
         raise TemplateError(f"template: {self.parse_name}: unknown node: {n}")  # pragma: no cover
 
+    def shower(self, n: _ActionNode) -> Callable[[Any], str]:
+        """How an action prints a non-string value (Go refuses to print functions)."""
+        pre = self.pre(n)
+        pipe = n.pipe
+
+        def show(v: Any) -> str:
+            if callable(v) and not isinstance(v, (Mapping, list, tuple, str, type)):
+                raise TemplateError(pre + f"can't print {pipe} of type {_gotype(v)}")
+            return _print_value(v)
+
+        return show
+
     def action(self, n: _ActionNode, text: str = "") -> Stmt:
         pipe = n.pipe
         if pipe.decl:
@@ -3148,6 +3161,7 @@ class _Compiler:
         body = self.list_(n.list)
         els = self.list_(n.else_list) if n.else_list is not None else None
         loops = _has_loop_control(n.list)
+        else_breaks = _has_loop_control(n.else_list)
 
         def iterate(st: _State, items: Iterable[tuple[Any, Any]]) -> bool:
             ran = False
@@ -3209,7 +3223,15 @@ class _Compiler:
             else:
                 raise TemplateError(pre + f"range can't iterate over {sprint(val)}")
             if els is not None:
-                els(st, dot)
+                if else_breaks:
+                    # Go recovers a {{break}} of the else branch in the same walkRange (it just
+                    # ends the branch); a {{continue}} there reaches the enclosing range.
+                    try:
+                        els(st, dot)
+                    except _Break:
+                        pass
+                else:
+                    els(st, dot)
 
         return run
 
@@ -3618,6 +3640,185 @@ class _Compiler:
         return pcalln
 
 
+def _range_items(val: Any, pre: str) -> Any:
+    """Elements for ``{{range}}`` with fewer than two variables (lists are handled inline)."""
+    if val is None or val is NOVALUE:
+        return None
+    if isinstance(val, (list, tuple)):
+        return [_cv(e) for e in val] or None
+    if isinstance(val, Mapping):
+        return [_cv(val[k]) for k in _sorted_keys(val)] or None
+    if isinstance(val, int) and not isinstance(val, bool):
+        return [GoInt(i) for i in range(int(val))] or None
+    raise TemplateError(pre + "range can't iterate over " + sprint(val))
+
+
+def _range_pairs(val: Any, pre: str) -> Any:
+    """(index/key, element) pairs for ``{{range $i, $e := ...}}`` (lists are handled inline)."""
+    if val is None or val is NOVALUE:
+        return None
+    if isinstance(val, (list, tuple)):
+        return [(i, _cv(e)) for i, e in enumerate(val)] or None
+    if isinstance(val, Mapping):
+        return [(k, _cv(val[k])) for k in _sorted_keys(val)] or None
+    if isinstance(val, int) and not isinstance(val, bool):
+        raise TemplateError(pre + f"can't use {val} to iterate over more than one variable")
+    raise TemplateError(pre + "range can't iterate over " + sprint(val))
+
+
+class _CodeGen:
+    """Compiles a template's statements into one Python function (expressions stay closures).
+
+    Text becomes ``w("...")``, if/with become ``if``, range becomes a ``for`` loop (so break and
+    continue are Python's own), and every expression is a call of its compiled closure.  This
+    removes the per-statement call overhead of the closure tree, which the compiler falls back to
+    when Python refuses the generated code (e.g. nesting beyond its static limits).
+    """
+
+    def __init__(self, comp: _Compiler) -> None:
+        self.comp = comp
+        self.lines: list[str] = []
+        self.env: dict[str, Any] = {"NOVALUE": NOVALUE, "_num": _num, "_noop": _noop, "_Break": _Break}
+        self.n = 0
+        self.brk = ["break"]  # how {{break}} is spelled in the current context
+
+    def name(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def const(self, obj: Any, prefix: str = "K") -> str:
+        k = self.name(prefix)
+        self.env[k] = obj
+        return k
+
+    def emit(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def build(self, root: _ListNode | None, label: str) -> Stmt:
+        self.emit(0, "def run(st, dot):")
+        self.emit(1, "w = st.w")
+        self.emit(1, "V = st.vars")
+        self.block(root, 1, "dot")
+        src = "\n".join(self.lines) + "\n"
+        code = compile(src, f"<template {label}>", "exec")
+        exec(code, self.env)  # the source was generated above from the parse tree
+        fn: Stmt = self.env["run"]
+        return fn
+
+    def block(self, node: _ListNode | None, depth: int, dot: str) -> None:
+        start = len(self.lines)
+        texts: list[str] = []
+        for n in node.nodes if node is not None else ():
+            if isinstance(n, _CommentNode):
+                continue
+            if isinstance(n, _TextNode):
+                texts.append(n.text)
+                continue
+            if texts:
+                self.emit(depth, f"w({''.join(texts)!r})")
+                texts = []
+            self.stmt(n, depth, dot)
+        if texts:
+            self.emit(depth, f"w({''.join(texts)!r})")
+        if len(self.lines) == start:
+            self.emit(depth, "pass")
+
+    def stmt(self, n: _Node, depth: int, dot: str) -> None:
+        comp = self.comp
+        if isinstance(n, _ActionNode):
+            pipe = n.pipe
+            if pipe.decl:
+                self.emit(depth, f"{self.const(comp.pipe(pipe), 'E')}(st, {dot})")
+                return
+            ev = self.const(comp.pipe_value(pipe), "E")
+            show = self.const(comp.shower(n), "S")
+            self.emit(depth, f"v = {ev}(st, {dot})")
+            self.emit(depth, f"w(v if type(v) is str else {show}(v))")
+        elif isinstance(n, _BranchNode):
+            if n.kind == "range":
+                self.range_(n, depth, dot)
+            elif n.kind == "if":
+                ev = self.const(comp.pipe(n.pipe) if n.pipe.decl else comp.pipe_value(n.pipe), "E")
+                self.emit(depth, f"if {ev}(st, {dot}):")
+                self.block(n.list, depth + 1, dot)
+                if n.else_list is not None:
+                    self.emit(depth, "else:")
+                    self.block(n.else_list, depth + 1, dot)
+            else:
+                ev = self.const(comp.pipe(n.pipe) if n.pipe.decl else comp.pipe_value(n.pipe), "E")
+                d = self.name("d")
+                self.emit(depth, f"{d} = {ev}(st, {dot})")
+                self.emit(depth, f"if {d}:")
+                self.block(n.list, depth + 1, d)
+                if n.else_list is not None:
+                    self.emit(depth, "else:")
+                    self.block(n.else_list, depth + 1, dot)
+        elif isinstance(n, _TemplateNode):
+            self.emit(depth, f"{self.const(comp.template(n), 'T')}(st, {dot})")
+        elif isinstance(n, _BreakNode):
+            self.emit(depth, self.brk[-1])
+        elif isinstance(n, _ContinueNode):
+            self.emit(depth, "continue")
+        elif isinstance(n, _ListNode):
+            self.block(n, depth, dot)
+        else:  # pragma: no cover
+            raise TemplateError(f"template: {comp.parse_name}: unknown node: {n}")
+
+    def range_(self, n: _BranchNode, depth: int, dot: str) -> None:
+        comp = self.comp
+        pipe = n.pipe
+        pre = comp.pre(pipe.cmds[-1])
+        for var in pipe.decl:
+            if var.slot < 0:
+                fail = self.const(comp.fail(var, "undefined variable: " + var.ident[0]), "F")
+                self.emit(depth, f"{fail}(st, {dot})")
+                return
+        slots = [var.slot for var in pipe.decl]
+        nd = len(slots)
+        ev = self.const(comp.pipe_value(pipe), "E")
+        r, it, d, k, t = (self.name(x) for x in ("r", "it", "d", "k", "t"))
+        self.emit(depth, f"{r} = {ev}(st, {dot})")
+        self.emit(depth, f"if {r} is None:")
+        self.emit(depth + 1, f"{r} = NOVALUE")
+        for sl in slots:
+            self.emit(depth, f"V[{sl}] = {r}")
+        self.emit(depth, f"if type({r}) is list:")
+        if nd == 2:
+            self.emit(depth + 1, f"{it} = enumerate({r}) if {r} else None")
+            helper = self.const(lambda val: _range_pairs(val, pre), "R")
+        else:
+            self.emit(depth + 1, f"{it} = {r} or None")
+            helper = self.const(lambda val: _range_items(val, pre), "R")
+        self.emit(depth, "else:")
+        self.emit(depth + 1, f"{it} = {helper}({r})")
+        self.emit(depth, f"if {it} is not None:")
+        self.emit(depth + 1, f"for {k + ', ' if nd == 2 else ''}{d} in {it}:")
+        self.emit(depth + 2, f"{t} = type({d})")
+        self.emit(depth + 2, f"if {t} is int or {t} is float:")
+        self.emit(depth + 3, f"{d} = _num({d})")
+        if nd == 1:
+            self.emit(depth + 2, f"V[{slots[0]}] = {d}")
+        elif nd == 2:
+            self.emit(depth + 2, f"V[{slots[0]}] = {k}")
+            self.emit(depth + 2, f"V[{slots[1]}] = {d}")
+        self.brk.append("break")
+        self.block(n.list, depth + 2, d)
+        self.brk.pop()
+        if n.else_list is not None:
+            self.emit(depth, "else:")
+            if _has_loop_control(n.else_list):
+                # A {{break}} in the else branch only ends the branch (Go recovers it in the same
+                # walkRange); {{continue}} stays Python's and reaches the enclosing loop, as in Go.
+                self.emit(depth + 1, "try:")
+                self.brk.append("raise _Break")
+                self.block(n.else_list, depth + 2, dot)
+                self.brk.pop()
+                self.emit(depth + 1, "except _Break:")
+                self.emit(depth + 2, "pass")
+            else:
+                self.block(n.else_list, depth + 1, dot)
+
+
 def _has_loop_control(n: _Node | None) -> bool:
     """Whether a range body contains a break/continue that belongs to it."""
     if n is None:
@@ -3691,7 +3892,13 @@ def parse(text: str, name: str = "template", funcs: Collection[str] | None = Non
         _, trees = parser.parse()
         compiled: dict[str, _Compiled] = {}
         for tname, tree in trees.items():
-            run = _Compiler(name, text, tname).list_(tree.root)
+            comp = _Compiler(name, text, tname)
+            try:
+                if not _CODEGEN:
+                    raise ValueError("code generation disabled")
+                run = _CodeGen(comp).build(tree.root, tname)
+            except (SyntaxError, RecursionError, MemoryError, ValueError):
+                run = comp.list_(tree.root)  # beyond Python's static nesting limits
             compiled[tname] = _Compiled(tname, run, tree.nslots)
     except _ParseError as e:
         raise TemplateError(str(e)) from None

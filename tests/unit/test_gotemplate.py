@@ -32,6 +32,13 @@ def render(text: str, data: Any = POD, funcs: dict[str, Any] | None = None) -> s
     return parse(text, "t").execute(data, funcs)
 
 
+@pytest.fixture(params=[True, False], ids=["codegen", "closures"])
+def both_compilers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test against generated code (the default) and against the closure-tree fallback."""
+    monkeypatch.setattr(gt, "_CODEGEN", request.param)
+    return bool(request.param)
+
+
 # --------------------------------------------------------------------------------------------
 # Constructs
 # --------------------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ def render(text: str, data: Any = POD, funcs: dict[str, Any] | None = None) -> s
         ('{{ (printf "%d" (len .spec.containers)) }}', "2"),
     ],
 )
-def test_render(text: str, want: str) -> None:
+def test_render(both_compilers: bool, text: str, want: str) -> None:
     assert render(text) == want
 
 
@@ -140,7 +147,7 @@ def test_render(text: str, want: str) -> None:
         (0.0, True),
     ],
 )
-def test_truthiness_of_object_values(value: Any, truthy: bool) -> None:
+def test_truthiness_of_object_values(both_compilers: bool, value: Any, truthy: bool) -> None:
     # Numbers from the object are json.Number, a non-empty string: always true (as in kwok).
     assert render("{{ if .x }}T{{ else }}F{{ end }}", {"x": value}) == ("T" if truthy else "F")
 
@@ -190,7 +197,7 @@ def test_truthiness_of_template_values(literal: str, truthy: bool) -> None:
         ('{{ urlquery "a b&c" }}', "a+b%26c"),
     ],
 )
-def test_printf_and_print_builtins(text: str, want: str) -> None:
+def test_printf_and_print_builtins(both_compilers: bool, text: str, want: str) -> None:
     assert render(text) == want
 
 
@@ -212,7 +219,7 @@ def test_comparisons() -> None:
         render("{{ eq 1 }}")
 
 
-def test_and_or_short_circuit_and_return_values() -> None:
+def test_and_or_short_circuit_and_return_values(both_compilers: bool) -> None:
     boom = {"boom": lambda: (_ for _ in ()).throw(RuntimeError("must not run"))}
     assert render('{{ or 0 "" "x" boom }}', funcs=boom) == "x"
     assert render("{{ and 1 0 boom }}", funcs=boom) == "0"
@@ -427,7 +434,7 @@ def test_parse_errors(text: str, msg: str) -> None:
         ("{{ printf .spec.replicas }}", "wrong type for value; expected string; got json.Number"),
     ],
 )
-def test_exec_errors(text: str, msg: str) -> None:
+def test_exec_errors(both_compilers: bool, text: str, msg: str) -> None:
     tmpl = parse(text, "t")
     with pytest.raises(TemplateError) as ei:
         tmpl.execute(POD)
@@ -435,10 +442,29 @@ def test_exec_errors(text: str, msg: str) -> None:
     assert str(ei.value).startswith("template: t:1:")
 
 
-def test_recursion_limit() -> None:
+def test_recursion_limit(both_compilers: bool) -> None:
     tmpl = parse('{{ define "r" }}{{ template "r" . }}{{ end }}{{ template "r" . }}', "t")
     with pytest.raises(TemplateError, match="exceeded maximum template depth"):
         tmpl.execute({})
+
+
+def test_codegen_falls_back_to_closures_beyond_python_nesting_limits() -> None:
+    # CPython allows 20 statically nested loops; 30 nested ranges still work (closure tree).
+    nested = "{{ range . }}" * 30 + "x" + "{{ end }}" * 30
+    data: Any = ["leaf"]
+    for _ in range(29):
+        data = [data]
+    assert parse(nested).execute(data) == "x"
+    assert parse(nested).execute([[], []]) == ""
+
+
+def test_break_in_range_else_ends_only_that_branch(both_compilers: bool) -> None:
+    # Go recovers {{break}} of an else branch in that same range; {{continue}} reaches the outer one.
+    text = (
+        "{{ range $i, $c := .spec.containers }}{{ range $.spec.empty }}{{ else }}"
+        "{{ if eq $i 0 }}{{ continue }}{{ end }}a{{ break }}b{{ end }}{{ $c.name }}{{ end }}|"
+    )
+    assert render(text) == "aside|"
 
 
 def test_deep_nesting_is_a_template_error() -> None:
@@ -458,7 +484,7 @@ def test_deep_nesting_is_a_template_error() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_template_is_reusable_and_thread_safe() -> None:
+def test_template_is_reusable_and_thread_safe(both_compilers: bool) -> None:
     tmpl = parse("{{ range .items }}{{ $x := . }}{{ $x }}{{ end }}|{{ .n }}", "t")
     assert tmpl.name == "t"
     results: list[str] = []

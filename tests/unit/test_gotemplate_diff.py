@@ -299,6 +299,22 @@ def _language_cases() -> L:
         "{{ if }}x{{ end }}",
         "{{ break }}",
         "{{ range . }}{{ end }}{{ continue }}",
+        "{{ range $i, $c := .spec.containers }}{{ range $.spec.empty }}x{{ else }}"
+        "{{ if eq $i 1 }}{{ break }}{{ end }}{{ end }}{{ $c.name }}{{ end }}|done",
+        "{{ range .spec.containers }}{{ with .restartPolicy }}{{ break }}{{ end }}{{ .name }}{{ end }}",
+        "{{ range $i, $c := .spec.containers }}{{ range $.spec.empty }}x{{ else }}"
+        "{{ if eq $i 0 }}{{ continue }}{{ end }}[{{ $i }}]{{ end }}{{ $c.name }}{{ end }}|done",
+        "{{ range .spec.containers }}{{ range .missing }}{{ else }}a{{ break }}b{{ end }}{{ .name }}{{ end }}",
+        "{{ range 2 }}{{ range 0 }}{{ else }}{{ range 3 }}{{ if eq . 1 }}{{ break }}{{ end }}{{ . }}"
+        "{{ else }}{{ break }}{{ end }}-{{ break }}{{ end }}{{ . }}{{ end }}",
+        "{{ range .spec.containers }}{{ range .args }}{{ continue }}{{ . }}{{ end }}{{ .name }}{{ end }}",
+        '{{ range $i, $e := (echo 1 2.5) }}{{ $i }}{{ printf "%T" $e }}{{ end }}',
+        '{{ range (echo 1 2.5 nil) }}{{ printf "%T;" . }}{{ end }}',
+        '{{ range $i := 3 }}{{ printf "%T" $i }}{{ end }}',
+        "{{ range .metadata.labels }}{{ break }}{{ end }}x",
+        '{{ range $k, $v := .metadata.labels }}{{ if eq $k "app" }}{{ continue }}{{ end }}{{ $k }}{{ end }}',
+        "{{ range .spec.containers }}{{ $x := .name }}{{ range 2 }}{{ $x }}{{ . }}{{ end }}{{ end }}",
+        "{{ with .spec }}{{ range .containers }}{{ with $.metadata }}{{ .name }}{{ end }}{{ end }}{{ end }}",
     ]:
         add((t, POD))
     # define/template/block
@@ -885,18 +901,31 @@ def _generated_cases(seed: int, n: int) -> L:
         p = " | ".join(cs)
         return "$v := " + p if rnd.random() < 0.1 else p
 
-    def stmt(depth: int = 0) -> str:
+    def act(inner: str) -> str:
+        return "{{ " + inner + " }}"
+
+    def stmt(depth: int = 0, in_range: bool = False) -> str:
         r = rnd.random()
-        if r < 0.5 or depth > 2:
-            return f"{{{{ {pipeline()} }}}}"
+        if in_range and r < 0.12:
+            return act(rnd.choice(["break", "continue"]))
+        if r < 0.4 or depth > 3:
+            return act(pipeline())
+        if r < 0.55:
+            cond = act("if " + pipeline())
+            return cond + stmt(depth + 1, in_range) + act("else") + stmt(depth + 1, in_range) + act("end")
         if r < 0.65:
-            return f"{{{{ if {pipeline()} }}}}{stmt(depth + 1)}{{{{ else }}}}{stmt(depth + 1)}{{{{ end }}}}"
-        if r < 0.75:
-            return f"{{{{ with {pipeline()} }}}}{stmt(depth + 1)}{{{{ end }}}}"
-        if r < 0.9:
+            return (
+                act("with " + pipeline()) + stmt(depth + 1, in_range) + stmt(depth + 1, in_range) + act("end")
+            )
+        if r < 0.88:
             decl = rnd.choice(["", "$i, $v :=", "$v :="])
-            return f"{{{{ range {decl} {pipeline()} }}}}<{stmt(depth + 1)}>{{{{ else }}}}E{{{{ end }}}}"
-        return f"{{{{ $v := {pipeline()} }}}}{stmt(depth + 1)}"
+            over = rnd.choice(
+                [pipeline(), ".spec.containers", ".metadata.labels", "3", ".missing", "(echo 1 2 3)"]
+            )
+            body = stmt(depth + 1, True) + stmt(depth + 1, True)
+            els = stmt(depth + 1, in_range)
+            return act(f"range {decl} {over}") + "<" + body + ">" + act("else") + "E" + els + act("end")
+        return act("$v := " + pipeline()) + stmt(depth + 1, in_range)
 
     datas = [
         POD,
@@ -928,11 +957,15 @@ CASES = all_cases()
 # --------------------------------------------------------------------------------------------
 
 
-def render_py(template: str, data: Any) -> dict[str, str]:
+def render_py(template: str, data: Any, codegen: bool = True) -> dict[str, str]:
+    saved = gt._CODEGEN
+    gt._CODEGEN = codegen
     try:
         t = gt.parse(template, "t", funcs=FUNCS.keys())
     except gt.TemplateError as e:
         return {"out": "", "err": str(e), "phase": "parse"}
+    finally:
+        gt._CODEGEN = saved
     try:
         out = t.execute(json.loads(json.dumps(data)), FUNCS)
     except gt.TemplateError as e:
@@ -988,10 +1021,12 @@ def test_corpus_is_large_and_includes_kwok_templates() -> None:
 @pytest.mark.parametrize(("cid", "template", "data"), CASES, ids=[c[0] for c in CASES])
 def test_matches_go(go_results: dict[str, dict[str, str]], cid: str, template: str, data: Any) -> None:
     want = go_results[cid]
-    got = render_py(template, data)
     assert want["phase"] != "panic", want["err"]
-    if want["err"] or got["err"]:
-        # Both must fail, in the same phase; Go may have written partial output first.
-        assert got["phase"] == want["phase"], f"\ntemplate: {template!r}\n go: {want}\n py: {got}"
-        return
-    assert got["out"] == want["out"], f"\ntemplate: {template!r}"
+    # Both statement compilers: generated Python (the default) and the closure tree (its fallback).
+    for codegen in (True, False):
+        got = render_py(template, data, codegen)
+        if want["err"] or got["err"]:
+            # Both must fail, in the same phase; Go may have written partial output first.
+            assert got["phase"] == want["phase"], f"\ntemplate: {template!r}\n go: {want}\n py: {got}"
+            continue
+        assert got["out"] == want["out"], f"\ntemplate: {template!r} (codegen={codegen})"
