@@ -55,15 +55,22 @@ class Coordinator:
         return ray.remote(ShardActor)
 
     def _new_actor(self, sid: str) -> Any:
-        opts: dict[str, Any] = dict(name=sid, namespace=NAMESPACE, max_restarts=-1, max_task_retries=0,
+        opts: dict[str, Any] = dict(name=self._actor_name(sid), namespace=NAMESPACE, max_restarts=-1, max_task_retries=0,
                                     num_cpus=self.shard_cpus, scheduling_strategy="SPREAD",
                                     max_concurrency=1000)
         if self.detached:
             opts["lifetime"] = "detached"
-        return self._actor_cls().options(**opts).remote(sid, self.config, self.kubeconfig_text)
+        return self._actor_cls().options(**opts).remote(sid, self._actor_name(sid), self.config,
+                                                        self.kubeconfig_text)
 
-    def _shard_id(self, i: int) -> str:
-        return f"{self.name}-shard-{i}"
+    # The ring hashes "shard-<i>", not the actor's cluster-qualified name, so the same shard
+    # count gives the same slices on every cluster (and in every test run).
+    @staticmethod
+    def _shard_id(i: int) -> str:
+        return f"shard-{i}"
+
+    def _actor_name(self, sid: str) -> str:
+        return f"{self.name}-{sid}"
 
     async def _adopt_existing(self) -> bool:
         """After a coordinator restart: find live shards by name and keep the ring they hold."""
@@ -73,7 +80,7 @@ class Coordinator:
         for info in ray.util.list_named_actors(all_namespaces=True):
             if info.get("namespace") == NAMESPACE and info["name"].startswith(f"{self.name}-shard-"):
                 try:
-                    found[info["name"]] = ray.get_actor(info["name"], namespace=NAMESPACE)
+                    found[info["name"][len(self.name) + 1:]] = ray.get_actor(info["name"], namespace=NAMESPACE)
                 except ValueError:
                     continue
         if not found:
@@ -172,7 +179,7 @@ class Coordinator:
                 # Ray restarted it (fresh state): give it its slice again
                 t0 = self.failing_since.pop(sid, time.monotonic())
                 await self._push(self.ring, "acquire", [sid])
-                rec = {"shard": sid, "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
+                rec = {"shard": self._actor_name(sid), "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
                 self.recoveries.append(rec)
                 log.info("shard_recovered", **rec)
             else:
@@ -202,7 +209,7 @@ class Coordinator:
     async def status(self) -> dict[str, Any]:
         shards = []
         for sid in self.ring.shards:
-            st = dict(self.last_status.get(sid, {"shard": sid}))
+            st = dict(self.last_status.get(sid, {"shard": self._actor_name(sid)}))
             st["alive"] = sid not in self.failing_since
             shards.append(st)
         return {"coordinator": {"epoch": self.ring.epoch, "shards": len(self.ring.shards), "mode": "ray",

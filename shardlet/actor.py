@@ -29,13 +29,13 @@ log = structlog.get_logger("shardlet.actor")
 class ShardActor:
     """Plain class; `coordinator.driver` wraps it with `ray.remote` and its restart options."""
 
-    def __init__(self, shard_id: str, config: bytes, kubeconfig_text: str | None) -> None:
+    def __init__(self, shard_id: str, holder: str, config: bytes, kubeconfig_text: str | None) -> None:
         from shardlet import logs
 
         logs.configure(os.environ.get("SHARDLET_LOG_LEVEL", "info"), os.environ.get("SHARDLET_LOG_FORMAT", "json"))
-        self.id = shard_id
+        self.id = shard_id              # its name on the ring
         cfg = msgpack.unpackb(config)
-        cfg["name"] = shard_id
+        cfg["name"] = holder            # lease holderIdentity, metrics label, log field
         cfg["profiles"] = tuple(cfg.get("profiles", ()))
         cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
         self.cfg = ShardConfig(**cfg)
@@ -87,7 +87,7 @@ class ShardActor:
             return msgpack.packb({"ok": True, "epoch": self.epoch, "shard": self.id})
 
     async def status(self) -> bytes:
-        st: dict[str, Any] = self.shard.status() if self.shard else {"shard": self.id, "nodes": 0, "pods": 0}
+        st: dict[str, Any] = self.shard.status() if self.shard else {"shard": self.cfg.name, "nodes": 0, "pods": 0}
         import ray
 
         st.update(epoch=self.epoch, phase=self.phase, pid=os.getpid(), started=self.shard is not None,
