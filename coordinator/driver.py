@@ -245,10 +245,10 @@ def _merge_exposition(parts: list[bytes]) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
-async def serve(coord: Coordinator, status_port: int, release_leases: bool) -> None:
+async def serve(coord: Coordinator, status_port: int, release_leases: bool, status_addr: str = "127.0.0.1") -> None:
     ep = Endpoint(coord.status, coord.metrics, coord.scale)
     await coord.start()
-    port = await ep.start(coord.name, status_port)
+    port = await ep.start(coord.name, status_port, status_addr)
     log.info("coordinator_ready", name=coord.name, shards=len(coord.ring.shards), epoch=coord.ring.epoch,
              status=f"http://127.0.0.1:{port}/status")
     stop = asyncio.Event()
@@ -263,7 +263,8 @@ async def serve(coord: Coordinator, status_port: int, release_leases: bool) -> N
 
 
 def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, ray_address: str | None,
-        status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0) -> int:
+        status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0,
+        status_addr: str = "127.0.0.1") -> int:
     import os
 
     import ray
@@ -279,7 +280,7 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, r
     coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text,
                         detached=bool(ray_address), shard_cpus=shard_cpus)
     try:
-        asyncio.run(serve(coord, status_port, release_leases))
+        asyncio.run(serve(coord, status_port, release_leases, status_addr))
     finally:
         ray.shutdown()
     return 0

@@ -43,7 +43,8 @@ class Endpoint:
         self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         self.name = name
         run_dir().mkdir(parents=True, exist_ok=True)
-        run_file(name).write_text(json.dumps({"url": f"http://{addr}:{self.port}", "pid": os.getpid()}))
+        host = "127.0.0.1" if addr in ("0.0.0.0", "") else addr
+        run_file(name).write_text(json.dumps({"url": f"http://{host}:{self.port}", "pid": os.getpid()}))
         return self.port
 
     async def stop(self) -> None:

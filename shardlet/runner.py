@@ -58,6 +58,8 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                    help="CPUs each shard actor reserves in Ray's scheduler (default: %(default)s)")
     g.add_argument("--status-port", type=int, default=0,
                    help="coordinator /status, /metrics and /shards on 127.0.0.1 (default: any free port)")
+    g.add_argument("--status-addr", default="127.0.0.1",
+                   help="bind address of the coordinator endpoint (default: %(default)s; 0.0.0.0 in a pod)")
     g.add_argument("--metrics-port", type=int, default=-1,
                    help="serve Prometheus metrics on this port (0: any free port, -1: off; default: %(default)s)")
     g.add_argument("--metrics-addr", default="127.0.0.1", help="metrics bind address (default: %(default)s)")
@@ -91,7 +93,7 @@ def config_to_dict(cfg: ShardConfig) -> dict[str, Any]:
 
 
 async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: bool = False,
-                     run_name: str = "shardlet", status_port: int = 0) -> None:
+                     run_name: str = "shardlet", status_port: int = 0, status_addr: str = "127.0.0.1") -> None:
     from shardlet.api import ApiError, Kube
     from shardlet.shard import Shard
 
@@ -127,7 +129,7 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
     async def metrics() -> bytes:
         return bytes(generate_latest(shard.metrics.registry))
     ep = Endpoint(status, metrics)
-    port = await ep.start(run_name, status_port)
+    port = await ep.start(run_name, status_port, status_addr)
     log.info("coordinator_ready", name=run_name, shards=1, status=f"http://127.0.0.1:{port}/status")
     await stop.wait()
     log.info("shard_stopping", shard=cfg.name)
@@ -144,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.shards == 1 and not args.ray_address:
         try:
             asyncio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
-                                   args.name, args.status_port))
+                                   args.name, args.status_port, args.status_addr))
         except (OSError, ValueError) as e:
             raise UserError(f"run: {e}") from None
         return 0
@@ -156,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_to_dict(shard_config(args))
     return driver.run(name=args.name, shards=args.shards, config=msgpack.packb(cfg),
                       kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None,
-                      ray_address=args.ray_address, status_port=args.status_port,
+                      ray_address=args.ray_address, status_port=args.status_port, status_addr=args.status_addr,
                       release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus)
 
 

@@ -305,7 +305,11 @@ class Shard:
         f = dict(self.base_funcs)
         cfg = self.cfg
         f["NodeIP"] = lambda: cfg.node_ip
-        f["NodeName"] = lambda: cfg.node_name
+        # kwok's NodeName is one global value, often empty; then the node-initialize template
+        # renders a null address list that deletes the node's addresses. A kubelet reports its
+        # own hostname, so with no --node-name a node stage gets the node's name.
+        own = (obj.get("metadata") or {}).get("name", "") if kind == "Node" else ""
+        f["NodeName"] = lambda: cfg.node_name or own
         f["NodePort"] = lambda: cfg.node_port
         if kind == "Pod":
             node = (obj.get("spec") or {}).get("nodeName", "")

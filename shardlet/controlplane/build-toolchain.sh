@@ -112,7 +112,15 @@ build_install() { # name module version ldflags
 
 have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubectl || build_k8s
 have etcd || build_etcd
-have helm || build_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_helm() {
+  # helm's default capabilities (what `helm template` assumes) come from its client-go minor
+  local gomod minor
+  gomod=$(modfile "$WORK" "helm.sh/helm/v3@$HELM_VERSION")
+  minor=$(sed -n 's/^\s*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$gomod" | head -1)
+  build_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor:-20}"
+}
+have helm || build_helm
 have kwok || build_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
 have kwokctl || build_install kwokctl sigs.k8s.io/kwok/cmd/kwokctl "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
 

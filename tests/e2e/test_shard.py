@@ -162,9 +162,10 @@ def test_kwok_general_profile_walks_pod_phases(nodes: ReadyMonitor, kubectl: Kub
     files = [f for f in files if f.name != "kustomization.yaml"]
     names = _apply_kwok_files(kubectl, files)
     try:
-        shardlet.wait_for("stages_loaded", 30)
-        poll(lambda: all(n in e.get("stages", []) for e in shardlet.events() if e.get("event") == "stages_loaded"
-                         for n in names) and True, 30, 0.5, "general stages loaded")
+        def loaded() -> bool:
+            last = [e for e in shardlet.events() if e.get("event") == "stages_loaded"]
+            return bool(last) and all(n in last[-1].get("stages", []) for n in names)
+        poll(loaded, 30, 0.5, "general stages loaded")
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "general", "namespace": "default"},
                "spec": {**pod_spec({**POD_PARAMS, "initContainers": 1})}}
         kubectl.apply(yaml.safe_dump(pod))
