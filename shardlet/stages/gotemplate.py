@@ -2058,9 +2058,12 @@ class _CommentNode(_Node):
 
 
 class _VariableNode(_Node):
+    """``$x.f.g``.  ``slot`` locates the variable in the frame: an int, ``_POISON`` (parses but is
+    undefined at run time), or a conditional binding ``(slot, fallback)`` -- see ``_load``."""
+
     __slots__ = ("ident", "slot")
 
-    def __init__(self, pos: int, name: str, slot: int = -1) -> None:
+    def __init__(self, pos: int, name: str, slot: Any = -1) -> None:
         super().__init__(pos)
         self.ident = name.split(".")
         self.slot = slot
@@ -2081,11 +2084,12 @@ class _CommandNode(_Node):
 
 
 class _PipeNode(_Node):
-    __slots__ = ("cmds", "decl", "is_assign")
+    __slots__ = ("cmds", "cond_slots", "decl", "is_assign")
 
     def __init__(self, pos: int) -> None:
         super().__init__(pos)
         self.is_assign = False
+        self.cond_slots: list[int] = []  # conditional declarations to reset before evaluation
         self.decl: list[_VariableNode] = []
         self.cmds: list[_CommandNode] = []
 
@@ -2267,7 +2271,7 @@ class _Tree:
     def __init__(self, name: str) -> None:
         self.name = name
         self.root: _ListNode | None = None
-        self.vars: list[tuple[str, int]] = [("$", 0)]
+        self.vars: list[tuple[str, Any]] = [("$", 0)]
         self.nslots = 1
         self.range_depth = 0
 
@@ -2275,7 +2279,7 @@ class _Tree:
         self.nslots += 1
         return self.nslots - 1
 
-    def lookup(self, name: str) -> int | None:
+    def lookup(self, name: str) -> Any:
         for n, s in reversed(self.vars):
             if n == name:
                 return s
@@ -2313,6 +2317,8 @@ class _Parser:
         self.trees: dict[str, _Tree] = {}
         self.tree = _Tree(name)
         self.paren_depth = 0
+        self.cond_depth = 0  # inside an argument of and/or that may be skipped
+        self.cond_slots: list[int] = []
 
     # -- errors -------------------------------------------------------------------------------
     def location(self, pos: int) -> str:
@@ -2548,6 +2554,9 @@ class _Parser:
         t = self.tree
         tok = self.peek_non_space()
         pipe = _PipeNode(tok.pos)
+        top = context != "parenthesized pipeline"
+        if top:
+            saved_cond_slots, self.cond_slots = self.cond_slots, []
         decl_names: list[_Tok] = []
         while True:
             v = self.peek_non_space()
@@ -2575,26 +2584,42 @@ class _Parser:
             else:
                 self.i = vi
             break
-        # Resolve declared variables to frame slots.  While the pipeline's own commands are
-        # parsed, a declared name refers to whatever it meant before (Go pushes it afterwards).
+        # Resolve declared/assigned variables to frame slots.  At run time Go evaluates the
+        # commands first and only then pushes (or assigns to the latest binding of) the variables,
+        # so while the commands are parsed a name keeps its previous meaning (Go's parser already
+        # lists it: undefined at run time if it had none), and slots are settled afterwards.
         pending: list[tuple[int, _VariableNode]] = []
         for v in decl_names:
-            if pipe.is_assign:
-                slot = t.lookup(v.val)
-                node = _VariableNode(v.pos, v.val, _POISON if slot is None else slot)
-                t.vars.append((v.val, node.slot))
-            else:
-                node = _VariableNode(v.pos, v.val, t.new_slot())
-                prior = t.lookup(v.val)
-                pending.append((len(t.vars), node))
-                t.vars.append((v.val, _POISON if prior is None else prior))
+            node = _VariableNode(v.pos, v.val)
+            prior = t.lookup(v.val)
+            pending.append((len(t.vars), node))
+            t.vars.append((v.val, _POISON if prior is None else prior))
             pipe.decl.append(node)
         while True:
             tok = self.next_non_space()
             if tok.typ == end:
                 self.check_pipeline(pipe, context, tok)
-                for idx, node in pending:
-                    t.vars[idx] = (node.ident[0], node.slot)
+                for idx, _ in reversed(pending):
+                    del t.vars[idx]
+                for _, node in pending:
+                    name = node.ident[0]
+                    if pipe.is_assign:
+                        slot = t.lookup(name)
+                        node.slot = _POISON if slot is None else slot
+                        if slot is None:
+                            t.vars.append((name, _POISON))
+                    else:
+                        node.slot = t.new_slot()
+                        if self.cond_depth:
+                            # Declared inside an and/or argument that may be skipped: later uses
+                            # fall back to the previous binding unless this one ran (see _load).
+                            prior = t.lookup(name)
+                            t.vars.append((name, (node.slot, _POISON if prior is None else prior)))
+                            self.cond_slots.append(node.slot)
+                        else:
+                            t.vars.append((name, node.slot))
+                if top:
+                    pipe.cond_slots, self.cond_slots = self.cond_slots, saved_cond_slots
                 return pipe
             if tok.typ in (
                 _BOOL,
@@ -2626,7 +2651,14 @@ class _Parser:
         cmd = _CommandNode(self.peek_non_space().pos)
         while True:
             self.peek_non_space()
-            operand = self.operand()
+            a = cmd.args
+            # and/or skip the evaluation of their arguments after the first decisive one.
+            cond = len(a) >= 2 and isinstance(a[0], _IdentifierNode) and a[0].ident in ("and", "or")
+            self.cond_depth += cond
+            try:
+                operand = self.operand()
+            finally:
+                self.cond_depth -= cond
             if operand is not None:
                 cmd.args.append(operand)
             tok = self.next()
@@ -2822,6 +2854,35 @@ def _oneline(e: BaseException) -> str:
 
 def _noop(st: _State, dot: Any) -> None:
     return None
+
+
+def _is_poison(slot: Any) -> bool:
+    return type(slot) is int and slot < 0
+
+
+def _load(vars: list[Any], slot: Any, pre: str, name: str) -> Any:
+    """Read a variable through conditional bindings: the first one that was declared wins."""
+    while type(slot) is tuple:
+        v = vars[slot[0]]
+        if v is not _UNSET:
+            return v
+        slot = slot[1]
+    v = vars[slot] if slot >= 0 else _UNSET
+    if v is _UNSET:
+        raise TemplateError(pre + "undefined variable: " + name)
+    return v
+
+
+def _store(vars: list[Any], slot: Any, value: Any, pre: str, name: str) -> None:
+    """Assign to the latest binding that exists at run time (Go's setVar)."""
+    while type(slot) is tuple:
+        if vars[slot[0]] is not _UNSET:
+            vars[slot[0]] = value
+            return
+        slot = slot[1]
+    if slot < 0:
+        raise TemplateError(pre + "undefined variable: " + name)
+    vars[slot] = value
 
 
 def _field_slow(v: Any, k: str, pre: str, boxed: bool = False) -> Any:
@@ -3153,11 +3214,13 @@ class _Compiler:
         pre = self.pre(pipe.cmds[-1])
         slots = [d.slot for d in pipe.decl]
         nd = len(slots)
-        if any(s < 0 for s in slots):
-            bad = next(d for d in pipe.decl if d.slot < 0)
-            return self.fail(bad, f"undefined variable: {bad.ident[0]}")
-        s0 = slots[0] if nd else 0
-        s1 = slots[1] if nd > 1 else 0
+        for d in pipe.decl:
+            if _is_poison(d.slot):
+                return self.fail(d, f"undefined variable: {d.ident[0]}")
+        plain = all(type(sl) is int for sl in slots)
+        names = [d.ident[0] for d in pipe.decl]
+        s0 = slots[0] if nd and plain else 0
+        s1 = slots[1] if nd > 1 and plain else 0
         body = self.list_(n.list)
         els = self.list_(n.else_list) if n.else_list is not None else None
         loops = _has_loop_control(n.list)
@@ -3168,7 +3231,10 @@ class _Compiler:
             vars = st.vars
             for i, e in items:
                 ran = True
-                if nd == 1:
+                if not plain:
+                    for sl, nm, x in zip(slots, names, (e,) if nd == 1 else (i, e), strict=False):
+                        _store(vars, sl, x, pre, nm)
+                elif nd == 1:
                     vars[s0] = e
                 elif nd == 2:
                     vars[s0] = i
@@ -3189,11 +3255,14 @@ class _Compiler:
             if val is None:
                 val = NOVALUE
             if nd:
-                for s in slots:
-                    st.vars[s] = val
+                for sl, nm in zip(slots, names, strict=True):
+                    if plain:
+                        st.vars[sl] = val
+                    else:
+                        _store(st.vars, sl, val, pre, nm)
             t = type(val)
             if t is list or t is tuple:
-                if nd != 2 and not loops:
+                if nd != 2 and not loops and plain:
                     # Fast path: no index variable and no break/continue.
                     if val:
                         vars = st.vars
@@ -3256,6 +3325,20 @@ class _Compiler:
     # -- pipelines ------------------------------------------------------------------------------
     def pipe_value(self, pipe: _PipeNode) -> Val:
         """The raw value of a pipeline without declarations (may be None for a nil result)."""
+        if pipe.cond_slots:
+            inner = self.pipe_value_(pipe)
+            resets = tuple(pipe.cond_slots)
+
+            def reset(st: _State, dot: Any) -> Any:
+                vars = st.vars
+                for s in resets:
+                    vars[s] = _UNSET  # not declared (yet) in this run of the statement
+                return inner(st, dot)
+
+            return reset
+        return self.pipe_value_(pipe)
+
+    def pipe_value_(self, pipe: _PipeNode) -> Val:
         cmds = pipe.cmds
         c0: Val = self.command(cmds[0], True)
         if len(cmds) == 1:
@@ -3294,7 +3377,14 @@ class _Compiler:
         pre_cmd = self.pre(second) + f"error calling {name}: "
         undefined = pre_id + f"{go_quote(name)} is not a defined function"
         w = first.args[0]
-        slot = w.slot if isinstance(w, _VariableNode) and len(w.ident) == 1 and len(first.args) == 1 else -1
+        slot = -1
+        if (
+            isinstance(w, _VariableNode)
+            and len(w.ident) == 1
+            and len(first.args) == 1
+            and type(w.slot) is int
+        ):
+            slot = w.slot
         var_name = w.ident[0] if isinstance(w, _VariableNode) else ""
         var_pre = self.pre(w)
 
@@ -3328,9 +3418,22 @@ class _Compiler:
 
             return val
         for d in pipe.decl:
-            if d.slot < 0:
+            if _is_poison(d.slot):
                 return self.fail(d, f"undefined variable: {d.ident[0]}")
         slots = tuple(d.slot for d in pipe.decl)
+        if any(type(sl) is not int for sl in slots):
+            pre = self.pre(pipe)
+            names = [d.ident[0] for d in pipe.decl]
+
+            def store(st: _State, dot: Any) -> Any:
+                v = ev(st, dot)
+                if v is None:
+                    v = NOVALUE
+                for sl, nm in zip(slots, names, strict=True):
+                    _store(st.vars, sl, v, pre, nm)
+                return v
+
+            return store
         if len(slots) == 1:
             s = slots[0]
 
@@ -3411,6 +3514,12 @@ class _Compiler:
         slot = w.slot
         name = w.ident[0]
         pre = self.pre(w)
+        if type(slot) is tuple:
+
+            def cond_var(st: _State, dot: Any) -> Any:
+                return _load(st.vars, slot, pre, name)
+
+            return cond_var
         if slot < 0:
             return self.fail(w, f"undefined variable: {name}")
 
@@ -3678,7 +3787,13 @@ class _CodeGen:
     def __init__(self, comp: _Compiler) -> None:
         self.comp = comp
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"NOVALUE": NOVALUE, "_num": _num, "_noop": _noop, "_Break": _Break}
+        self.env: dict[str, Any] = {
+            "NOVALUE": NOVALUE,
+            "_num": _num,
+            "_noop": _noop,
+            "_Break": _Break,
+            "_Continue": _Continue,
+        }
         self.n = 0
         self.brk = ["break"]  # how {{break}} is spelled in the current context
 
@@ -3769,10 +3884,21 @@ class _CodeGen:
         pipe = n.pipe
         pre = comp.pre(pipe.cmds[-1])
         for var in pipe.decl:
-            if var.slot < 0:
+            if _is_poison(var.slot):
                 fail = self.const(comp.fail(var, "undefined variable: " + var.ident[0]), "F")
                 self.emit(depth, f"{fail}(st, {dot})")
                 return
+        if any(type(var.slot) is not int for var in pipe.decl):
+            # Assigning to conditional bindings: rare enough to leave to the closure compiler.
+            closure = self.const(comp.range_(n), "T")
+            if len(self.brk) > 1 and _has_loop_control(n.else_list):
+                self.emit(depth, "try:")
+                self.emit(depth + 1, f"{closure}(st, {dot})")
+                self.emit(depth, "except _Continue:")
+                self.emit(depth + 1, "continue")
+            else:
+                self.emit(depth, f"{closure}(st, {dot})")
+            return
         slots = [var.slot for var in pipe.decl]
         nd = len(slots)
         ev = self.const(comp.pipe_value(pipe), "E")

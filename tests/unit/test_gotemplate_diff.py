@@ -260,6 +260,14 @@ def _language_cases() -> L:
         "{{ $ }}",
         "{{ $.metadata.name }}{{ with .spec }}{{ $.kind }}{{ end }}",
         "{{ ($z := 3) }}{{ $z }}",
+        "{{ $v := print ($v := 1) 2 }}{{ $v }}",
+        "{{ $v := 0 }}{{ $v = print ($v := 1) $v }}{{ $v }}",
+        "{{ $v := print ($v := .metadata.name) }}{{ $v.x }}",
+        "{{ range $i, $e := (echo ($e := 5) 6) }}{{ $e }}{{ end }}{{ $e }}",
+        "{{ $v := 2 }}{{ or 1 ($v := 1) }}{{ $v }}{{ and 1 ($v := 3) }}{{ $v }}",
+        "{{ $v := 2 }}{{ range 3 }}{{ or (eq . 1) ($v := .) }}{{ $v }};{{ end }}{{ $v }}",
+        "{{ $v := 2 }}{{ or 1 ($v := 1) }}{{ $v = 5 }}{{ $v }}{{ and 1 ($v := 3) }}{{ $v = 6 }}{{ $v }}",
+        "{{ $i := 0 }}{{ or 1 ($i := 7) }}{{ range $i, $e = .spec.containers }}{{ end }}{{ $i }}",
         "{{ or true ($w := 1) }}",
         '{{ $x := 1 }}{{ template "t" }}{{ define "t" }}{{ $ }}{{ end }}',
         "{{ $x = 1 }}",
@@ -935,6 +943,60 @@ def _generated_cases(seed: int, n: int) -> L:
     return [("[" + stmt() + "]", rnd.choice(datas)) for _ in range(n)]
 
 
+def _variable_cases(seed: int, n: int) -> L:
+    """Generated templates that declare, assign and shadow variables across scopes (Go resolves
+    variables on a run-time stack; the engine resolves them to slots when compiling)."""
+    rnd = random.Random(seed)
+    names = ["$v", "$w", "$u"]
+
+    def val(depth: int) -> str:
+        r = rnd.random()
+        if r < 0.3:
+            return rnd.choice(names)
+        if r < 0.5:
+            return rnd.choice(['"a"', "1", "0", '""', "true", "false", ".x", ".l"])
+        if depth < 3 and r < 0.8:
+            return "(" + pipe(depth + 1) + ")"
+        return rnd.choice(names)
+
+    def pipe(depth: int = 0) -> str:
+        f = rnd.choice(["print", "or", "and", "print", "not"])
+        p = f + " " + " ".join(val(depth) for _ in range(1 if f == "not" else rnd.randint(1, 3)))
+        if rnd.random() < 0.2:
+            p += " | print"
+        r = rnd.random()
+        if r < 0.25:
+            p = rnd.choice(names) + " := " + p
+        elif r < 0.45:
+            p = rnd.choice(names) + " = " + p
+        return p
+
+    def act(inner: str) -> str:
+        return "{{ " + inner + " }}"
+
+    def stmt(depth: int = 0, in_range: bool = False) -> str:
+        r = rnd.random()
+        if in_range and r < 0.08:
+            return act(rnd.choice(["break", "continue"]))
+        if r < 0.45 or depth > 3:
+            return act(pipe())
+        if r < 0.6:
+            then, other = stmt(depth + 1, in_range), stmt(depth + 1, in_range)
+            return act("if " + pipe()) + then + act("else") + other + act("end")
+        if r < 0.7:
+            return act("with " + pipe()) + stmt(depth + 1, in_range) + "{{ . }}" + act("end")
+        if r < 0.85:
+            decl = rnd.choice(["", "$i, $v :=", "$v :=", "$w :=", "$i, $w ="])
+            head = act(f"range {decl} {rnd.choice(['.l', '2', '$v', '.x'])}")
+            body = stmt(depth + 1, True) + stmt(depth + 1, True)
+            return head + "<" + body + ">" + act("else") + "E" + stmt(depth + 1, in_range) + act("end")
+        return stmt(depth + 1, in_range) + stmt(depth + 1, in_range)
+
+    prologue = "{{ $v := 1 }}{{ $w := 2 }}{{ $u := 3 }}{{ $i := 4 }}"
+    epilogue = "|{{ $v }}{{ $w }}{{ $u }}{{ $i }}"
+    return [(prologue + stmt() + stmt() + epilogue, {"x": 0, "l": ["p", "q"]}) for _ in range(n)]
+
+
 def all_cases() -> list[tuple[str, str, Any]]:
     out: list[tuple[str, str, Any]] = []
     for group, cases in [
@@ -943,6 +1005,7 @@ def all_cases() -> list[tuple[str, str, Any]]:
         ("printf", _printf_cases()),
         ("parse", _parse_error_cases()),
         ("gen", _generated_cases(20240506, 600)),
+        ("var", _variable_cases(20240507, 400)),
     ]:
         for i, (t, d) in enumerate(cases):
             out.append((f"{group}{i:03d}", t, d))
