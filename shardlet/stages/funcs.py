@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import hashlib
 import math
 import re
@@ -21,8 +20,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-import yaml
 
 from shardlet.stages.gotemplate import (
     NOVALUE,
@@ -172,59 +169,104 @@ def go_json(v: Any, escape_html: bool = True, indent: str | None = None, _level:
     raise ValueError(f"json: unsupported type: {type(v).__name__}")
 
 
-def _plain(v: Any) -> Any:
-    """Template value -> plain YAML-able Python (numbers back to int/float)."""
+_PLAIN = re.compile(r"(?:[A-Za-z_/][A-Za-z0-9_./-]*|[1-9][0-9]*[A-Za-z]+)\Z")  # e.g. nginx, 8Gi
+_YAML_WORDS = frozenset(["y", "n", "yes", "no", "true", "false", "on", "off", "null"])  # YAML 1.1
+
+
+def _yaml_escape(c: str) -> str:
+    e = _JSON_ESC.get(c)
+    if e is not None:
+        return e
+    o = ord(c)
+    if o < 0x20 or 0x7F <= o <= 0x9F or o in (0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF):
+        return f"\\u{o:04x}"
+    if 0xD800 <= o <= 0xDFFF:
+        return "\\ufffd"
+    return c
+
+
+def _yaml_str(s: str) -> str:
+    """A string scalar: plain when unambiguous, else double-quoted (JSON-style escapes)."""
+    if _PLAIN.match(s) and s.lower() not in _YAML_WORDS:
+        return s
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
+    return '"' + "".join([_yaml_escape(c) for c in s]) + '"'
+
+
+def _yaml_number(text: str) -> str:
+    # YAML 1.1 (PyYAML) only reads "1e+21" as a float with a dot in the mantissa.
+    if ("e" in text or "E" in text) and "." not in text:
+        i = text.lower().index("e")
+        return text[:i] + ".0" + text[i:]
+    return text
+
+
+def _yaml_scalar(v: Any) -> str | None:
     if v is None or v is NOVALUE:
-        return None
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
     if isinstance(v, JSONNumber):
-        s = str(v)
-        try:
-            return int(s)
-        except ValueError:
-            return float(s)
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return float(v)
+        return _yaml_number(str(v))
     if isinstance(v, str):
-        return str(v)
-    if isinstance(v, Mapping):
-        return {str(k): _plain(e) for k, e in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(e) for e in v]
+        return _yaml_str(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise ValueError(f"json: unsupported value: {sprint(v)}")
+        return _yaml_number(json_float(v))
     if isinstance(v, (bytes, bytearray)):
         return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, Mapping):
+        return None if v else "{}"
+    if isinstance(v, (list, tuple)):
+        return None if v else "[]"
     raise ValueError(f"json: unsupported type: {type(v).__name__}")
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_float(dumper: yaml.SafeDumper, v: float) -> yaml.ScalarNode:
-    if math.isnan(v) or math.isinf(v):
-        return dumper.represent_float(v)
-    return dumper.represent_scalar("tag:yaml.org,2002:float", json_float(v))
-
-
-_Dumper.add_representer(float, _represent_float)
+def _yaml_block(v: Any, pad: str, out: list[str]) -> None:
+    """Append the lines of a non-empty mapping or sequence, each prefixed by ``pad``."""
+    if isinstance(v, Mapping):
+        for k in sorted(v, key=str):
+            e = v[k]
+            key = _yaml_str(str(k))
+            sc = _yaml_scalar(e)
+            if sc is not None:
+                out.append(f"{pad}{key}: {sc}")
+            elif isinstance(e, Mapping):
+                out.append(f"{pad}{key}:")
+                _yaml_block(e, pad + "  ", out)
+            else:  # sequences are not indented under their key, as go-yaml writes them
+                out.append(f"{pad}{key}:")
+                _yaml_block(e, pad, out)
+        return
+    for e in v:
+        sc = _yaml_scalar(e)
+        if sc is not None:
+            out.append(f"{pad}- {sc}")
+            continue
+        sub: list[str] = []
+        _yaml_block(e, "", sub)
+        out.append(f"{pad}- {sub[0]}")
+        out.extend(f"{pad}  {line}" for line in sub[1:])
 
 
 def go_yaml(v: Any) -> str:
-    """``sigs.k8s.io/yaml.Marshal`` of a template value: block style, sorted keys."""
-    out = yaml.dump(
-        _plain(v),
-        Dumper=_Dumper,
-        default_flow_style=False,
-        sort_keys=True,
-        allow_unicode=True,
-        width=1 << 30,
-    )
-    if out.endswith("\n...\n"):
-        out = out[:-4]
-    return out
+    """``sigs.k8s.io/yaml.Marshal`` of a template value: block style, sorted keys, a final newline.
+
+    The text is YAML that reads back as the same JSON value; strings are quoted whenever a plain
+    scalar could be read as something else.
+    """
+    sc = _yaml_scalar(v)
+    if sc is not None:
+        return sc + "\n"
+    out: list[str] = []
+    _yaml_block(v, "", out)
+    return "\n".join(out) + "\n"
 
 
 def quote(s: Any) -> str:
@@ -683,7 +725,7 @@ def base_funcs(
             "StartTime": lambda: start,
             "YAML": yaml_func,
             "Version": lambda: version,
-            "NodeConditions": lambda: copy.deepcopy(list(NODE_CONDITIONS)),
+            "NodeConditions": lambda: [dict(c) for c in NODE_CONDITIONS],
         }
     )
     return funcs

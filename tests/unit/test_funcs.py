@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardlet.stages import funcs as F
 from shardlet.stages.gotemplate import GoInt, JSONNumber, TemplateError, parse
@@ -231,7 +233,7 @@ def test_kwok_templates_parse_with_base_and_runtime_funcs() -> None:
         ('{{ indent 2 "a\\nb" }}|{{ nindent 2 "a" }}', "  a\n  b|\n  a"),
         ("{{ toJson .m }} {{ toRawJson .m }}", '{"a":"\\u003c","n":[1,null]} {"a":"<","n":[1,null]}'),
         ("{{ toPrettyJson .m }}", '{\n  "a": "\\u003c",\n  "n": [\n    1,\n    null\n  ]\n}'),
-        ("{{ toYaml .m }}", "a: <\nn:\n- 1\n- null"),
+        ("{{ toYaml .m }}", 'a: "<"\n"n":\n- 1\n- null'),
         ('{{ sha256sum "abc" | trunc 12 }} {{ regexMatch "^w.b-[0-9]$" "web-0" }}', "ba7816bf8f01 true"),
         ("{{ len uuidv4 }}", "36"),
     ],
@@ -255,3 +257,54 @@ def test_containers_built_by_sprig_keep_go_types() -> None:
     assert type(out[0]) is GoInt and type(out[1]) is F.GoFloat
     assert type(FUNCS["dict"]("a", 1)["a"]) is GoInt
     assert F.empty(JSONNumber("0")) is False and F.empty(0) is True
+
+
+# --------------------------------------------------------------------------------------------
+# YAML emitter: reads back as the same value
+# --------------------------------------------------------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ["true", "no", "N", "null", "~", "1e3", "0x1F", "8Gi", "1:30", "2024-01-01", "- x", "a: b", "#c", ""]
+    )
+)
+_values = st.recursive(
+    _scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Numbers are written as Go's JSON writes them (a float like 3.7e16 becomes an integer literal),
+    # so compare them numerically; everything else must be equal.
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values)
+def test_go_yaml_round_trips(value: Any) -> None:
+    text = F.go_yaml(value)
+    assert text.endswith("\n")
+    assert _same(yaml.safe_load(text), value), text
+
+
+def test_go_yaml_layout() -> None:
+    v = {"b": [{"x": 1, "y": [1, 2]}, [3, 4]], "a": {"k": "v", "e": {}}, "c": []}
+    assert F.go_yaml(v) == 'a:\n  e: {}\n  k: v\nb:\n- x: 1\n  "y":\n  - 1\n  - 2\n- - 3\n  - 4\nc: []\n'
+    assert F.go_yaml("8Gi") == "8Gi\n" and F.go_yaml("8") == '"8"\n' and F.go_yaml(JSONNumber("8")) == "8\n"
+    assert F.go_yaml(1e21) == "1.0e+21\n" and F.go_yaml("\x85\u2028") == '"\\u0085\\u2028"\n'
