@@ -101,7 +101,8 @@ def test_deployment_pods_running_with_unique_ips(nodes: ReadyMonitor, kubectl: K
     pods = _pods(kubectl, "e2e-dep")
     node_cidr = {n["metadata"]["name"]: ipaddress.ip_network(n["spec"]["podCIDR"])
                  for n in kubectl.json("get", "nodes")["items"] if n["spec"].get("podCIDR")}
-    node_ip = {n["metadata"]["name"]: n["status"]["addresses"][0]["address"] for n in kubectl.json("get", "nodes")["items"]}
+    node_ip = {n["metadata"]["name"]: next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+               for n in kubectl.json("get", "nodes")["items"]}
     ips = [p["status"]["podIP"] for p in pods]
     assert len(set(ips)) == len(ips), "pod IPs are not unique"
     for p in pods:
