@@ -1,0 +1,136 @@
+"""Issue: shardlet as a Ray job on an existing Ray cluster of two raylets on this machine.
+
+`ray job submit --working-dir .` starts the coordinator; its shard actors are detached and
+spread over both raylets. Stopping the job (the coordinator dies) leaves the shards renewing
+leases; a new job re-adopts them without moving a node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.endpoint import run_file
+from shardlet.api import Kube
+from shardlet.controlplane.cluster import Cluster, Options, free_port
+from shardlet.scale import scale_nodes
+
+from .conftest import ROOT, Kubectl, ReadyMonitor, poll
+
+pytestmark = pytest.mark.e2e
+
+NODES = int(os.environ.get("SHARDLET_E2E_RAY_NODES", "200"))
+HOLD = float(os.environ.get("SHARDLET_E2E_RAY_HOLD", "60"))
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("raycluster.py")), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, "the Ray cluster did not start"
+        info: dict[str, Any] = json.loads(line)
+        assert info["nodes"] == 2
+        yield info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def rc_cluster(bin_dir: Path) -> Iterator[Cluster]:
+    c = Cluster(f"e2e-ray-{os.getpid()}")
+    c.up(Options(kube_api_qps=300, kube_api_burst=600), timeout=180)
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def _submit(info: dict[str, Any], c: Cluster) -> str:
+    p = subprocess.run(
+        [RAY, "job", "submit", "--address", info["dashboard"], "--working-dir", str(ROOT), "--no-wait", "--",
+         sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", str(c.kubeconfig),
+         "--shards", "2", "--name", c.name],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    job = next(w for w in (p.stdout + p.stderr).split() if w.startswith("raysubmit_"))
+    return job.strip("'\".")
+
+
+def _status(c: Cluster) -> dict[str, Any] | None:
+    try:
+        url = json.loads(run_file(c.name).read_text())["url"]
+        with urllib.request.urlopen(url + "/status", timeout=10) as r:
+            out: dict[str, Any] = json.loads(r.read())
+            return out
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _holders(k: Kubectl) -> dict[str, str]:
+    return {i["metadata"]["name"]: i["spec"]["holderIdentity"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
+
+
+def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, Any], rc_cluster: Cluster) -> None:
+    k = Kubectl(rc_cluster.kubeconfig)
+    job = _submit(ray_cluster, rc_cluster)
+    st = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all(x.get("started") for x in s["shards"]) and s,
+              180, 1, "coordinator and 2 shards up")
+
+    async def go() -> str:
+        kube = Kube.from_kubeconfig(str(rc_cluster.kubeconfig))
+        try:
+            return await scale_nodes(kube, NODES, timeout=180)
+        finally:
+            await kube.close()
+    assert f"Ready {NODES}" in asyncio.run(go())
+    st = poll(lambda: (s := _status(rc_cluster)) and sum(x["nodes"] for x in s["shards"]) == NODES and s, 60, 1, "all owned")
+    # placed on both raylets
+    assert len({x["ray_node"] for x in st["shards"]}) == 2, [x["ray_node"] for x in st["shards"]]
+    epoch = st["coordinator"]["epoch"]
+    holders = _holders(k)
+    assert set(holders.values()) == {x["shard"] for x in st["shards"]}
+
+    # the coordinator dies; the detached shards keep every node Ready
+    subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job], capture_output=True, timeout=120)
+    poll(lambda: _status(rc_cluster) is None, 60, 1, "coordinator gone")
+    mon = ReadyMonitor(k)
+    job2 = None
+    try:
+        t0 = time.monotonic()
+        renew0 = {i["metadata"]["name"]: i["spec"]["renewTime"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
+        mon.hold(HOLD)
+        renew1 = {i["metadata"]["name"]: i["spec"]["renewTime"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
+        assert all(renew1[n] != renew0[n] for n in renew0), "leases stopped being renewed without a coordinator"
+        assert time.monotonic() - t0 >= HOLD
+        # a new coordinator re-adopts the shards: same ring epoch, no node moves
+        job2 = _submit(ray_cluster, rc_cluster)
+        st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all("nodes" in x for x in s["shards"])
+                   and sum(x["nodes"] for x in s["shards"]) == NODES and s, 180, 1, "coordinator re-adopted shards")
+        assert st2["coordinator"]["epoch"] == epoch
+        assert _holders(k) == holders
+        assert not mon.not_ready
+    finally:
+        mon.stop()
+        subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job2 or job],
+                       capture_output=True, timeout=120)
