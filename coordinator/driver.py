@@ -55,8 +55,18 @@ class Coordinator:
         return ray.remote(ShardActor)
 
     def _new_actor(self, sid: str) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # round-robin over the live raylets (SPREAD alone packs 0-CPU actors on one node). Hard
+        # affinity (soft fell back to the local node here): a shard whose node is gone is dropped
+        # from the ring by the monitor and its slice goes to the survivors
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        strategy: Any = "SPREAD"
+        if nodes:
+            strategy = NodeAffinitySchedulingStrategy(nodes[int(sid.rsplit("-", 1)[1]) % len(nodes)], soft=False)
         opts: dict[str, Any] = dict(name=self._actor_name(sid), namespace=NAMESPACE, max_restarts=-1, max_task_retries=0,
-                                    num_cpus=self.shard_cpus, scheduling_strategy="SPREAD",
+                                    num_cpus=self.shard_cpus, scheduling_strategy=strategy,
                                     max_concurrency=1000)
         if self.detached:
             opts["lifetime"] = "detached"

@@ -15,11 +15,12 @@ from ray.cluster_utils import Cluster
 
 
 def main() -> None:
-    dash_port = int(sys.argv[1])
+    dash_port, agent1, agent2 = (int(a) for a in sys.argv[1:4])
+    # two raylets on one host: each dashboard agent needs a port of its own
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash_port,
-        "object_store_memory": 128 << 20})
-    cluster.add_node(num_cpus=2, object_store_memory=128 << 20)
+        "dashboard_agent_listen_port": agent1, "object_store_memory": 128 << 20})
+    cluster.add_node(num_cpus=2, object_store_memory=128 << 20, dashboard_agent_listen_port=agent2)
     cluster.wait_for_nodes()
     print(json.dumps({"gcs": cluster.address, "dashboard": f"http://127.0.0.1:{dash_port}",
                       "nodes": len(cluster.list_all_nodes())}), flush=True)

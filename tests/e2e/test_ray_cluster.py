@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,8 +37,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[dict[str, Any]]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("raycluster.py")), str(port)],
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("raycluster.py")), *ports],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
                             env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
     try:
@@ -67,14 +68,20 @@ def rc_cluster(bin_dir: Path) -> Iterator[Cluster]:
 
 
 def _submit(info: dict[str, Any], c: Cluster) -> str:
-    p = subprocess.run(
-        [RAY, "job", "submit", "--address", info["dashboard"], "--working-dir", str(ROOT), "--no-wait", "--",
-         sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", str(c.kubeconfig),
-         "--shards", "2", "--name", c.name],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
-    assert p.returncode == 0, p.stdout + p.stderr
-    job = next(w for w in (p.stdout + p.stderr).split() if w.startswith("raysubmit_"))
-    return job.strip("'\".")
+    def once() -> subprocess.CompletedProcess[str] | None:
+        p = subprocess.run(
+            [RAY, "job", "submit", "--address", info["dashboard"], "--working-dir", str(ROOT), "--no-wait", "--",
+             sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", str(c.kubeconfig),
+             "--shards", "2", "--name", c.name],
+            capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+        if p.returncode != 0 and "No available agent" in p.stderr + p.stdout:
+            return None   # the dashboard agent is still starting: Ray's documented answer
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p
+    p = poll(once, 120, 2, "ray job submit accepted")
+    m = re.search(r"raysubmit_[A-Za-z0-9]+", p.stdout + p.stderr)
+    assert m, p.stdout + p.stderr
+    return m.group(0)
 
 
 def _status(c: Cluster) -> dict[str, Any] | None:
@@ -112,7 +119,9 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
     assert set(holders.values()) == {x["shard"] for x in st["shards"]}
 
     # the coordinator dies; the detached shards keep every node Ready
-    subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job], capture_output=True, timeout=120)
+    stop = subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job], capture_output=True,
+                          text=True, timeout=120)
+    assert stop.returncode == 0, (job, stop.stdout, stop.stderr)
     poll(lambda: _status(rc_cluster) is None, 60, 1, "coordinator gone")
     mon = ReadyMonitor(k)
     job2 = None
