@@ -30,6 +30,8 @@ class ShardMetrics:
         self._latency = Histogram("shardlet_apiserver_request_duration_seconds", "Request latency",
                                   ["shard", "verb"], registry=r)
         self._ev_children: dict[str, Counter] = {}
+        for res in ("nodes", "pods"):   # exported as 0 from the start, not only after the first relist
+            self._relists.labels(shard, res)
         self._tr_children: dict[str, Counter] = {}
 
     def watch_event(self, resource: str) -> None:

@@ -247,6 +247,39 @@ def test_malformed_object_is_skipped_not_fatal(nodes: ReadyMonitor, kubectl: Kub
     kubectl.run("delete", "pod", "odd", "even", "--wait=false")
 
 
+def _series(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_endpoints_serve_nonzero_series(nodes: ReadyMonitor, shardlet: ShardletProcess) -> None:
+    import urllib.request
+
+    port = shardlet.wait_for("metrics_serving", 10)["port"]
+    status_url = shardlet.wait_for("coordinator_ready", 10)["status"]
+    for url in (f"http://127.0.0.1:{port}/metrics", status_url.replace("/status", "/metrics")):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            series = _series(r.read().decode())
+
+        def val(prefix: str, series: dict[str, float] = series) -> float:
+            return sum(v for k, v in series.items() if k.startswith(prefix))
+        assert val("shardlet_nodes_managed") >= NODES
+        assert val("shardlet_pods_managed") >= 0
+        assert val('shardlet_lease_renewals_total{result="ok"') > 0
+        assert val("shardlet_lease_renew_lag_seconds_count") > 0
+        assert val('shardlet_stage_transitions_total{shard="shardlet-0",stage="node-initialize"}') >= NODES
+        assert val('shardlet_stage_transitions_total{shard="shardlet-0",stage="pod-ready"}') > 0
+        assert val('shardlet_watch_events_total{shard="shardlet-0",resource="nodes"}') >= NODES
+        assert val('shardlet_watch_events_total{shard="shardlet-0",resource="pods"}') > 0
+        assert val('shardlet_apiserver_requests_total{shard="shardlet-0",verb="PATCH",code="200"}') > 0
+        assert val("shardlet_apiserver_request_duration_seconds_count") > 0
+        assert 'shardlet_relists_total{shard="shardlet-0",resource="pods"}' in series
+
+
 def test_nodes_stay_ready_under_node_lifecycle_controller(nodes: ReadyMonitor) -> None:
     # the monitor has polled since the nodes first became Ready: hold until HOLD seconds in all
     nodes.hold(max(0.0, HOLD - (time.monotonic() - nodes.started)))
