@@ -26,6 +26,7 @@ from shardlet.stages.gotemplate import (
     GoInt,
     JSONNumber,
     _cv,
+    _gotype,
     go_quote,
     json_float,
     sprint,
@@ -467,7 +468,7 @@ def _str_arg(name: str, v: Any) -> str:
         return str(v)
     if v is None or v is NOVALUE:
         raise TypeError("invalid value; expected string")
-    raise TypeError(f"wrong type for value; expected string; got {_type_name(v)}")
+    raise TypeError(f"wrong type for value; expected string; got {_gotype(v)}")
 
 
 def _int_arg(v: Any) -> int:
@@ -477,25 +478,7 @@ def _int_arg(v: Any) -> int:
         return int(v)  # Go converts an integral literal such as 2.0 to an int parameter
     if v is None or v is NOVALUE:
         raise TypeError("invalid value; expected int")
-    raise TypeError(f"wrong type for value; expected int; got {_type_name(v)}")
-
-
-def _type_name(v: Any) -> str:
-    if isinstance(v, JSONNumber):
-        return "json.Number"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float64"
-    if isinstance(v, (list, tuple)):
-        return "[]interface {}"
-    if isinstance(v, Mapping):
-        return "map[string]interface {}"
-    return type(v).__name__
+    raise TypeError(f"wrong type for value; expected int; got {_gotype(v)}")
 
 
 def _indent(spaces: Any, v: Any) -> str:
@@ -537,14 +520,14 @@ def _dict(*v: Any) -> dict[str, Any]:
 
 def _get(d: Any, key: Any) -> Any:
     if not isinstance(d, Mapping):
-        raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_type_name(d)}")
+        raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_gotype(d)}")
     k = _str_arg("get", key)
     return _cv(d[k]) if k in d else ""
 
 
 def _has_key(d: Any, key: Any) -> bool:
     if not isinstance(d, Mapping):
-        raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_type_name(d)}")
+        raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_gotype(d)}")
     return _str_arg("hasKey", key) in d
 
 
@@ -552,7 +535,7 @@ def _keys(*dicts: Any) -> list[str]:
     out: list[str] = []
     for d in dicts:
         if not isinstance(d, Mapping):
-            raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_type_name(d)}")
+            raise TypeError(f"wrong type for value; expected map[string]interface {{}}; got {_gotype(d)}")
         out.extend(str(k) for k in d)
     return sorted(out)
 
@@ -562,7 +545,7 @@ def _list_arg(v: Any) -> list[Any] | tuple[Any, ...] | None:
         return None
     if isinstance(v, (list, tuple)):
         return v
-    raise TypeError(f"Cannot find first on type {_type_name(v)}")
+    raise TypeError(f"Cannot find first on type {_gotype(v)}")
 
 
 def _first(v: Any) -> Any:
@@ -577,7 +560,7 @@ def _last(v: Any) -> Any:
 
 def _ternary(vt: Any, vf: Any, v: Any) -> Any:
     if not isinstance(v, bool):
-        raise TypeError(f"wrong type for value; expected bool; got {_type_name(v)}")
+        raise TypeError(f"wrong type for value; expected bool; got {_gotype(v)}")
     return vt if v else vf
 
 
