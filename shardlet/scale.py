@@ -333,16 +333,6 @@ async def scale_pods(kube: Kube, replicas: int, *, namespace: str = "default", n
     return progress.summary(f"pods {replicas}")
 
 
-def _replicas(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--replicas {text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--replicas {text!r} must be 0 or more")
-    return v
-
-
 def _scale(args: argparse.Namespace) -> int:
     from shardlet.cli import resolve_kubeconfig
 
@@ -369,11 +359,11 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any) -> None:
-    from shardlet.cli import _add_target
+    from shardlet.cli import _add_target, _positive_int
 
     p = sub.add_parser("scale", help="create or delete fake nodes or pods, like kwokctl scale")
     p.add_argument("kind", choices=["node", "pod"], help="what to scale")
-    p.add_argument("--replicas", type=_replicas, required=True, help="how many should exist afterwards")
+    p.add_argument("--replicas", type=_positive_int, required=True, help="how many should exist afterwards")
     _add_target(p)
     p.add_argument("-n", "--namespace", default="default", help="namespace for pods (default: %(default)s)")
     p.add_argument("--prefix", default=None, help="node name prefix (default: node) or Deployment name "
