@@ -112,27 +112,22 @@ class LeaseRenewer:
             raise
 
     async def _acquire(self, node: str, now: str) -> dict[str, Any] | None:
+        # create first: a fresh node has no lease, so this is one request instead of GET + POST;
+        # a 409 means another holder had it (handoff, restart) and we adopt it
+        body = {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": NAMESPACE, "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": node, "uid": self.uids[node]}]},
+            "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
+                     "renewTime": now, "acquireTime": now},
+        }
         try:
-            cur = await self.kube.get(f"{_PATH}/{node}")
+            created: dict[str, Any] = await self.kube.create(_PATH, body)
+            return created
         except ApiError as e:
-            if e.status != 404:
+            if e.status != 409:
                 raise
-            cur = None
-        if cur is None:
-            body = {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": node, "namespace": NAMESPACE, "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": self.uids[node]}]},
-                "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
-                         "renewTime": now, "acquireTime": now},
-            }
-            try:
-                created: dict[str, Any] = await self.kube.create(_PATH, body)
-                return created
-            except ApiError as e:
-                if e.status != 409:
-                    raise
-                cur = await self.kube.get(f"{_PATH}/{node}")
+        cur = await self.kube.get(f"{_PATH}/{node}")
         spec = cur.setdefault("spec", {})
         if spec.get("holderIdentity") != self.holder:
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
