@@ -1,7 +1,7 @@
 """Issue: consistent-hash sharding over Ray actor shards, rebalancing and failover, against a
 real control plane of its own (controller-manager running, 40 s leases, 50 s grace).
 
-CI runs a smaller case (SHARDLET_E2E_SHARD_NODES=400, 60 s holds); `-m slow` sets the issue's
+CI runs a smaller case (400 nodes, 60 s holds); `-m slow` runs the issue's
 2,000 nodes and 3-minute holds through the same code."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,21 @@ from .conftest import Kubectl, ReadyMonitor, ShardletProcess, poll
 
 pytestmark = pytest.mark.e2e
 
-NODES = int(os.environ.get("SHARDLET_E2E_SHARD_NODES", "400"))
-PODS = int(os.environ.get("SHARDLET_E2E_SHARD_PODS", "400"))
-HOLD = float(os.environ.get("SHARDLET_E2E_SHARD_HOLD", "60"))
+
+@dataclass(frozen=True)
+class Size:
+    nodes: int
+    pods: int
+    hold: float
+
+
+# CI runs the small case; `./dev slow` (-m slow) runs the issue's full size through the same code
+@pytest.fixture(scope="module", params=[pytest.param(Size(400, 400, 60), id="ci"),
+                                        pytest.param(Size(2000, 2000, 180), id="full", marks=pytest.mark.slow)])
+def size(request: pytest.FixtureRequest) -> Size:
+    out: Size = request.param
+    return out
+
 SHARDS = 4
 
 
@@ -56,7 +69,7 @@ class Ray:
 
 
 @pytest.fixture(scope="module")
-def coord_cluster(bin_dir: Path) -> Iterator[Cluster]:
+def coord_cluster(bin_dir: Path, size: Size) -> Iterator[Cluster]:
     c = Cluster(f"e2e-coord-{os.getpid()}")
     c.up(Options(kube_api_qps=300, kube_api_burst=600, node_monitor_grace_period="50s"), timeout=180)
     try:
@@ -83,14 +96,14 @@ def ray_run(coord_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def monitor(ray_run: Ray, coord_cluster: Cluster, ck: Kubectl) -> Iterator[ReadyMonitor]:
+def monitor(ray_run: Ray, coord_cluster: Cluster, ck: Kubectl, size: Size) -> Iterator[ReadyMonitor]:
     async def go() -> str:
         kube = Kube.from_kubeconfig(str(coord_cluster.kubeconfig), max_connections=80)
         try:
-            return await scale_nodes(kube, NODES, timeout=300)
+            return await scale_nodes(kube, size.nodes, timeout=300)
         finally:
             await kube.close()
-    assert f"Ready {NODES}" in asyncio.run(go())
+    assert f"Ready {size.nodes}" in asyncio.run(go())
     m = ReadyMonitor(ck)
     yield m
     m.stop()
@@ -101,13 +114,13 @@ def _holders(ck: Kubectl) -> dict[str, str]:
             for i in ck.json("get", "leases", "-n", "kube-node-lease")["items"]}
 
 
-def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl) -> None:
-    st = poll(lambda: (s := ray_run.status()) and sum(x.get("nodes", 0) for x in s["shards"]) == NODES and s,
+def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:
+    st = poll(lambda: (s := ray_run.status()) and sum(x.get("nodes", 0) for x in s["shards"]) == size.nodes and s,
               60, 1, "all nodes owned")
     shards = st["shards"]
     assert len(shards) == SHARDS
     for s in shards:
-        assert abs(s["nodes"] - NODES / SHARDS) <= 0.15 * NODES / SHARDS, [x["nodes"] for x in shards]
+        assert abs(s["nodes"] - size.nodes / SHARDS) <= 0.15 * size.nodes / SHARDS, [x["nodes"] for x in shards]
     # each lease is held by exactly the shard that reports owning it
     holders = _holders(ck)
     for s in shards:
@@ -122,11 +135,11 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
     assert len({s["pid"] for s in shards}) == SHARDS
 
 
-def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl) -> None:
+def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:
     before = _holders(ck)
     res = ray_run.scale(5)
     assert res["shards"] == 5
-    st = poll(lambda: (s := ray_run.status()) and len(s["shards"]) == 5 and sum(x.get("nodes", 0) for x in s["shards"]) == NODES and s,
+    st = poll(lambda: (s := ray_run.status()) and len(s["shards"]) == 5 and sum(x.get("nodes", 0) for x in s["shards"]) == size.nodes and s,
               60, 1, "5 shards own all nodes")
     assert st["coordinator"]["epoch"] == res["epoch"]
     after = poll(lambda: (h := _holders(ck)) and all(v.endswith(tuple(f"-shard-{i}" for i in range(5))) for v in h.values()) and
@@ -134,20 +147,20 @@ def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMon
     moved = sum(1 for n in before if after.get(n) != before[n])
     print(f"scale 4->5: {moved}/{len(before)} nodes moved ({moved / len(before):.1%}), handoff {res['seconds']:.2f}s")
     assert moved <= 0.25 * len(before)
-    monitor.hold(HOLD)
+    monitor.hold(size.hold)
 
 
-def test_kill_9_of_a_shard_worker_loses_nothing(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl) -> None:
+def test_kill_9_of_a_shard_worker_loses_nothing(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:
     ck.run("create", "namespace", "coord-pods")
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "p", "namespace": "coord-pods"},
-           "spec": {"replicas": PODS, "selector": {"matchLabels": {"app": "p"}},
+           "spec": {"replicas": size.pods, "selector": {"matchLabels": {"app": "p"}},
                     "template": {"metadata": {"labels": {"app": "p"}}, "spec": pod_spec(POD_PARAMS)}}}
     ck.apply(yaml.safe_dump(dep))
 
     def pods() -> dict[str, tuple[str, str]]:
         items = ck.json("get", "pods", "-n", "coord-pods")["items"]
         return {p["metadata"]["name"]: (p["status"].get("podIP", ""), p["status"].get("phase", "")) for p in items}
-    poll(lambda: len(p := pods()) == PODS and all(v[1] == "Running" for v in p.values()), 240, 2, f"{PODS} pods Running")
+    poll(lambda: len(p := pods()) == size.pods and all(v[1] == "Running" for v in p.values()), 240, 2, f"{size.pods} pods Running")
     ips_before = pods()
     st = ray_run.status()
     victim = max(st["shards"], key=lambda s: s["pods"])
@@ -164,7 +177,7 @@ def test_kill_9_of_a_shard_worker_loses_nothing(monitor: ReadyMonitor, ray_run: 
     print(f"kill -9 {victim['shard']} pid {victim['pid']}: served again after {took:.1f}s "
           f"(coordinator measured {rec[-1]['served_again_after_s'] if rec else '?'}s)")
     assert took <= 10.0
-    assert sum(x["nodes"] for x in ray_run.status()["shards"]) == NODES
-    monitor.hold(HOLD)
+    assert sum(x["nodes"] for x in ray_run.status()["shards"]) == size.nodes
+    monitor.hold(size.hold)
     ips_after = pods()
     assert ips_after == ips_before, "pods lost, added or changed IP after the kill"

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,21 @@ from .conftest import ROOT, Kubectl, ReadyMonitor, poll
 
 pytestmark = pytest.mark.e2e
 
-NODES = int(os.environ.get("SHARDLET_E2E_RAY_NODES", "200"))
-HOLD = float(os.environ.get("SHARDLET_E2E_RAY_HOLD", "60"))
+
+@dataclass(frozen=True)
+class Size:
+    nodes: int
+    pods: int
+    hold: float
+
+
+# CI runs the small case; `./dev slow` (-m slow) runs the full size through the same code
+@pytest.fixture(scope="module", params=[pytest.param(Size(200, 0, 60), id="ci"),
+                                        pytest.param(Size(2000, 0, 180), id="full", marks=pytest.mark.slow)])
+def size(request: pytest.FixtureRequest) -> Size:
+    out: Size = request.param
+    return out
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -58,7 +72,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def rc_cluster(bin_dir: Path) -> Iterator[Cluster]:
+def rc_cluster(bin_dir: Path, size: Size) -> Iterator[Cluster]:
     c = Cluster(f"e2e-ray-{os.getpid()}")
     c.up(Options(kube_api_qps=300, kube_api_burst=600), timeout=180)
     try:
@@ -98,7 +112,7 @@ def _holders(k: Kubectl) -> dict[str, str]:
     return {i["metadata"]["name"]: i["spec"]["holderIdentity"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
 
 
-def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, Any], rc_cluster: Cluster) -> None:
+def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, Any], rc_cluster: Cluster, size: Size) -> None:
     k = Kubectl(rc_cluster.kubeconfig)
     job = _submit(ray_cluster, rc_cluster)
     st = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all(x.get("started") for x in s["shards"]) and s,
@@ -107,11 +121,11 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
     async def go() -> str:
         kube = Kube.from_kubeconfig(str(rc_cluster.kubeconfig))
         try:
-            return await scale_nodes(kube, NODES, timeout=180)
+            return await scale_nodes(kube, size.nodes, timeout=180)
         finally:
             await kube.close()
-    assert f"Ready {NODES}" in asyncio.run(go())
-    st = poll(lambda: (s := _status(rc_cluster)) and sum(x["nodes"] for x in s["shards"]) == NODES and s, 60, 1, "all owned")
+    assert f"Ready {size.nodes}" in asyncio.run(go())
+    st = poll(lambda: (s := _status(rc_cluster)) and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 60, 1, "all owned")
     # placed on both raylets
     assert len({x["ray_node"] for x in st["shards"]}) == 2, [x["ray_node"] for x in st["shards"]]
     epoch = st["coordinator"]["epoch"]
@@ -128,14 +142,14 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
     try:
         t0 = time.monotonic()
         renew0 = {i["metadata"]["name"]: i["spec"]["renewTime"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
-        mon.hold(HOLD)
+        mon.hold(size.hold)
         renew1 = {i["metadata"]["name"]: i["spec"]["renewTime"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
         assert all(renew1[n] != renew0[n] for n in renew0), "leases stopped being renewed without a coordinator"
-        assert time.monotonic() - t0 >= HOLD
+        assert time.monotonic() - t0 >= size.hold
         # a new coordinator re-adopts the shards: same ring epoch, no node moves
         job2 = _submit(ray_cluster, rc_cluster)
         st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all("nodes" in x for x in s["shards"])
-                   and sum(x["nodes"] for x in s["shards"]) == NODES and s, 180, 1, "coordinator re-adopted shards")
+                   and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 180, 1, "coordinator re-adopted shards")
         assert st2["coordinator"]["epoch"] == epoch
         assert _holders(k) == holders
         assert not mon.not_ready
