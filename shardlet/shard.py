@@ -119,7 +119,9 @@ class Shard:
         self.stage_errors: dict[str, str] = {}
         self.engine = StageEngine(self.static_stages)
         self.nodes: dict[str, NodeInfo] = {}
-        self.pods: dict[str, dict[str, Any]] = {}          # key -> latest pod, for pods on owned nodes
+        # key -> (node, uid) of pods on owned nodes: the object itself lives only as long as a
+        # stage job needs it (memory stays flat once pods are Running)
+        self.pods: dict[str, tuple[str, str]] = {}
         self.pods_by_node: dict[str, set[str]] = {}
         self.orphans: dict[str, dict[str, dict[str, Any]]] = {}   # node -> pods seen before their node
         self.pod_ips: dict[str, list[str]] = {}            # pod uid -> IPs handed out
@@ -246,9 +248,9 @@ class Shard:
         if typ == "DELETED":
             old = self.pods.pop(key, None)
             self.queue.cancel(("Pod", key))
-            node = node or ((old or {}).get("spec") or {}).get("nodeName", "")
+            node = node or (old[0] if old else "")
             self.pods_by_node.get(node, set()).discard(key)
-            uid = (pod.get("metadata") or {}).get("uid") or ((old or {}).get("metadata") or {}).get("uid")
+            uid = (pod.get("metadata") or {}).get("uid") or (old[1] if old else "")
             if uid:
                 self._release_ips(str(uid))
             self.metrics.pods.set(len(self.pods))
@@ -257,7 +259,7 @@ class Shard:
             if node not in self.nodes and len(self.orphans) < 10000:
                 self.orphans.setdefault(node, {})[key] = pod   # its node event has not come yet
             return
-        self.pods[key] = pod
+        self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
         self.pods_by_node.setdefault(node, set()).add(key)
         self.metrics.pods.set(len(self.pods))
         self._plan("Pod", pod)
@@ -378,7 +380,8 @@ class Shard:
             if refl is not None:
                 refl.known[okey] = (result.get("metadata") or {}).get("resourceVersion", "")
             if kind == "Pod":
-                self.pods[okey] = result
+                self.pods[okey] = (str((result.get("spec") or {}).get("nodeName", "")),
+                                   str((result.get("metadata") or {}).get("uid", "")))
             self._plan(kind, result)
 
     def _pod_reflector(self, pod: dict[str, Any]) -> Reflector | None:
