@@ -1,0 +1,740 @@
+"""The scenarios. Each run gets a fresh local control plane with the same flags; every scenario
+records its error and lets the run go on; clusters and simulators are always torn down.
+
+Every result is a record: {"scenario", "sim", "repeat", "size": {...}, "m": {flat numbers},
+"x": {details: series, per-phase CPU, apiserver requests, problems}, "error": str | None}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from bench.sims import Simulator, label
+from bench.workload import (
+    NodeWatch,
+    PodWatch,
+    apiserver_requests,
+    create_leases,
+    create_nodes,
+    create_pods,
+    delete_pods,
+    lease_ages,
+    pod_name,
+    probe,
+    request_delta,
+    wait_default_sa,
+    wait_for,
+)
+from shardlet.api import Kube
+from shardlet.controlplane.cluster import Cluster, Options
+
+# kwok's CI benchmark: no QPS limits, no scheduler (pods are bound with spec.nodeName); the
+# controller-manager runs so that NotReady is real (node-monitor-grace-period 50 s).
+CLUSTER_OPTIONS: dict[str, Any] = dict(disable_qps_limits=True, scheduler=False, controller_manager=True,
+                       node_monitor_grace_period="50s", node_monitor_period="5s")
+SIM_GROUPS = ("kwok", "runner", "shard")
+MIB = 2**20
+
+
+@dataclass
+class Bench:
+    sizes: dict[str, Any]
+    bin_dir: Path
+    log_dir: Path
+    log: Callable[[str], None]
+    concurrency: int = 64
+    _n: int = 0
+    problems: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def new_name(self) -> str:
+        self._n += 1
+        return f"bench-{os.getpid() % 100000}-{self._n}"
+
+
+def cpu_summary(groups: dict[str, float]) -> dict[str, float]:
+    sim = sum(groups.get(g, 0.0) for g in SIM_GROUPS)
+    ray = groups.get("ray", 0.0)
+    return {"sim_cpu_s": round(sim, 3), "sim_cpu_with_ray_s": round(sim + ray, 3), "ray_daemons_cpu_s": round(ray, 3),
+            "apiserver_cpu_s": groups.get("kube-apiserver", 0.0), "etcd_cpu_s": groups.get("etcd", 0.0),
+            "kcm_cpu_s": groups.get("kube-controller-manager", 0.0), "bench_client_cpu_s": groups.get("bench", 0.0)}
+
+
+def mem_summary(mem: dict[str, dict[str, int]]) -> dict[str, float]:
+    sim = [mem.get(g, {}) for g in SIM_GROUPS]
+    ray = mem.get("ray", {})
+    rss = sum(d.get("rss", 0) for d in sim)
+    pss = sum(d.get("pss", 0) for d in sim)
+    return {"sim_rss_mib": round(rss / MIB, 1), "sim_pss_mib": round(pss / MIB, 1),
+            "sim_rss_with_ray_mib": round((rss + ray.get("rss", 0)) / MIB, 1),
+            "sim_pss_with_ray_mib": round((pss + ray.get("pss", 0)) / MIB, 1),
+            "sim_procs": sum(d.get("procs", 0) for d in sim), "ray_procs": ray.get("procs", 0)}
+
+
+class Phase:
+    """CPU per process group, wall time and apiserver requests between begin() and end()."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.t0 = 0.0
+        self.m0: dict[procs.Key, tuple[str, float]] = {}
+        self.r0: dict[str, float] = {}
+
+    async def begin(self) -> Phase:
+        self.r0 = await _requests(self.env.kube)
+        self.m0 = self.env.meter.mark()
+        self.t0 = time.monotonic()
+        return self
+
+    async def end(self) -> dict[str, Any]:
+        m1 = self.env.meter.mark()
+        wall = time.monotonic() - self.t0
+        r1 = await _requests(self.env.kube)
+        groups = procs.Meter.cpu(self.m0, m1)
+        out: dict[str, Any] = {"wall_s": round(wall, 3), **cpu_summary(groups), "groups": groups,
+                               "requests": request_delta(self.r0, r1) if r1 else {}}
+        out["by_pid"] = procs.Meter.cpu_by_pid(self.m0, m1)
+        return out
+
+
+async def _requests(kube: Kube) -> dict[str, float]:
+    try:
+        return await apiserver_requests(kube)
+    except Exception:
+        return {}
+
+
+class Env:
+    """A fresh cluster (+ optionally a simulator) with a meter over all of it."""
+
+    def __init__(self, bench: Bench, sim_key: str | None) -> None:
+        self.bench = bench
+        self.sim_key = sim_key
+        self.name = bench.new_name()
+        self.cluster = Cluster(self.name)
+        self.meter = procs.Meter(1.0)
+        self.kube: Kube = None  # type: ignore[assignment]
+        self.sim: Simulator | None = None
+        self.probe_s: float | None = None
+        self.stop_info: dict[str, Any] = {}
+        self.problems: dict[str, Any] = {}
+
+    async def start_sim(self, do_probe: bool = True) -> None:
+        assert self.sim_key is not None
+        self.sim = Simulator(self.sim_key, str(self.cluster.kubeconfig), self.name, self.bench.bin_dir,
+                             self.bench.log_dir)
+        self.sim.start()
+        self.meter.add("sim", self.sim.pid, self.sim.classify)
+        if do_probe:
+            try:
+                self.probe_s = await probe(self.kube, 240, self.sim.running)
+            except Exception as e:
+                raise RuntimeError(f"{e}; log tail: {self.sim.log_tail()}") from e
+
+    def sim_alive(self) -> bool:
+        return self.sim is None or self.sim.running()
+
+    def phase(self) -> Phase:
+        return Phase(self)
+
+
+@contextlib.asynccontextmanager
+async def environment(bench: Bench, sim_key: str | None, *, start_sim: bool = True) -> AsyncIterator[Env]:
+    env = Env(bench, sim_key)
+    t0 = time.monotonic()
+    try:
+        await asyncio.to_thread(env.cluster.up, Options(**CLUSTER_OPTIONS), 180)
+        st = env.cluster.state()
+        for comp in ("etcd", "kube-apiserver", "kube-controller-manager"):
+            if comp in st.procs:
+                env.meter.add(comp, st.procs[comp].pid, procs.constant(comp))
+        env.meter.add("bench", os.getpid(), tree=False)   # the creator and watches: same for every simulator
+        env.meter.start()
+        env.kube = Kube.from_kubeconfig(str(env.cluster.kubeconfig), max_connections=bench.concurrency + 16,
+                                        user_agent="shardlet-bench")
+        await wait_default_sa(env.kube)
+        if sim_key and start_sim:
+            await env.start_sim()
+        bench.log(f"  cluster {env.name} up" + (f", {label(sim_key)} serving (probe {env.probe_s:.1f}s)"
+                                                if sim_key and start_sim else "") + f" in {time.monotonic() - t0:.0f}s")
+        yield env
+    finally:
+        await _teardown(env)
+
+
+async def _teardown(env: Env) -> None:
+    if env.sim is not None:
+        try:
+            env.stop_info = await asyncio.to_thread(env.sim.stop)
+        except Exception as e:
+            env.stop_info = {"error": repr(e)}
+        try:
+            env.problems = env.sim.problems()
+            if env.problems.get("counts") or env.problems.get("tracebacks"):
+                env.bench.problems.setdefault(env.sim.key, []).append(env.problems)
+        except Exception:
+            pass
+    if env.kube is not None:
+        with contextlib.suppress(Exception):
+            await env.kube.close()
+    env.meter.stop()
+    try:
+        await asyncio.to_thread(env.cluster.down)
+    except Exception as e:
+        env.bench.log(f"  warning: cluster {env.name} down failed: {e}")
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def _ready_timeout(n: int) -> float:
+    return 120 + n / 10
+
+
+async def bounded_call(coro: Any, n: int, what: str) -> Any:
+    """Creating or deleting n objects: at least 10/s or it is an error (a stuck apiserver)."""
+    try:
+        return await asyncio.wait_for(coro, 120 + n / 10)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: {n} objects not done in {120 + n / 10:.0f}s") from None
+
+
+def record(scenario: str, sim: str | None, rep: int, size: dict[str, Any]) -> dict[str, Any]:
+    return {"scenario": scenario, "sim": sim, "repeat": rep, "size": size, "m": {}, "x": {}, "error": None}
+
+
+def _finish(rec: dict[str, Any], env: Env | None) -> None:
+    if env is not None:
+        if env.problems:
+            rec["x"]["problems"] = env.problems
+        if env.stop_info:
+            rec["x"]["stop"] = env.stop_info
+
+
+def _strip(ph: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ph.items() if k != "by_pid"}
+
+
+# -- 1. time to Ready / Running / deleted ----------------------------------------------------
+async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[str, Any]) -> None:
+    """Nodes (timed from the first create, simulator already serving), then pods, then delete."""
+    m, x = rec["m"], rec["x"]
+    nw = await NodeWatch(env.kube).start()
+    pw = await PodWatch(env.kube).start() if pods else None
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
+    try:
+        ph = await env.phase().begin()
+        series: list[tuple[float, int]] = []
+        t_ref = time.monotonic()
+        task = asyncio.create_task(create_nodes(env.kube, 0, n, bench.concurrency))
+        tasks.append(task)
+
+        def nodes_done() -> bool:
+            if task.done() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+            return task.done() and len(nw.ready) >= n
+        t_ready = await wait_for(f"{n} nodes Ready", nodes_done, lambda: f"{len(nw.ready)}/{n} Ready, "
+                                 f"{len(nw.exists)} exist", _ready_timeout(n), bench.log, env.sim_alive,
+                                 series=series, count=lambda: len(nw.ready), t_ref=t_ref)
+        c = task.result()
+        cpu = await ph.end()
+        m.update(nodes_ready_s=round(t_ready - c["t0"], 3), nodes_create_s=c["create_s"],
+                 nodes_after_created_s=round(t_ready - c["t1"], 3),
+                 nodes_per_s=round(n / max(1e-6, t_ready - c["t0"]), 1),
+                 nodes_sim_cpu_s=cpu["sim_cpu_s"], nodes_sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"],
+                 nodes_apiserver_cpu_s=cpu["apiserver_cpu_s"], nodes_etcd_cpu_s=cpu["etcd_cpu_s"])
+        x["nodes_phase"] = _strip(cpu)
+        x["series_nodes"] = series
+        bench.log(f"    {n} nodes Ready in {m['nodes_ready_s']:.1f}s (created in {c['create_s']:.1f}s)")
+        if not pods or pw is None:
+            return
+        # pods, bound round-robin
+        ph = await env.phase().begin()
+        series = []
+        t_ref = time.monotonic()
+        ptask = asyncio.create_task(create_pods(env.kube, pods, n, bench.concurrency))
+        tasks.append(ptask)
+
+        def pods_done() -> bool:
+            if ptask.done() and ptask.exception():
+                raise ptask.exception()  # type: ignore[misc]
+            return ptask.done() and len(pw.running) >= pods
+        t_run = await wait_for(f"{pods} pods Running", pods_done, lambda: f"{len(pw.running)}/{pods} Running, "
+                               f"{len(pw.exists)} exist", _ready_timeout(pods), bench.log, env.sim_alive,
+                               series=series, count=lambda: len(pw.running), t_ref=t_ref)
+        c = ptask.result()
+        cpu = await ph.end()
+        mem = mem_summary(env.meter.memory())
+        m.update(pods_running_s=round(t_run - c["t0"], 3), pods_create_s=c["create_s"],
+                 pods_after_created_s=round(t_run - c["t1"], 3),
+                 pods_per_s=round(pods / max(1e-6, t_run - c["t0"]), 1),
+                 pods_sim_cpu_s=cpu["sim_cpu_s"], pods_sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"],
+                 pods_apiserver_cpu_s=cpu["apiserver_cpu_s"], pods_etcd_cpu_s=cpu["etcd_cpu_s"],
+                 pods_sim_rss_mib=mem["sim_rss_mib"], pods_sim_pss_mib=mem["sim_pss_mib"],
+                 pods_sim_pss_with_ray_mib=mem["sim_pss_with_ray_mib"])
+        x["pods_phase"] = _strip(cpu)
+        x["series_pods"] = series
+        bench.log(f"    {pods} pods Running in {m['pods_running_s']:.1f}s (created in {c['create_s']:.1f}s)")
+        # delete all
+        ph = await env.phase().begin()
+        series = []
+        t_ref = time.monotonic()
+        names = [pod_name(i) for i in range(pods)]
+        dtask = asyncio.create_task(delete_pods(env.kube, names, bench.concurrency))
+        tasks.append(dtask)
+
+        def gone() -> bool:
+            if dtask.done() and dtask.exception():
+                raise dtask.exception()  # type: ignore[misc]
+            return dtask.done() and not pw.exists
+        t_gone = await wait_for(f"{pods} pods deleted", gone, lambda: f"{len(pw.exists)} left",
+                                _ready_timeout(pods), bench.log, env.sim_alive,
+                                series=series, count=lambda: pods - len(pw.exists), t_ref=t_ref)
+        d = dtask.result()
+        cpu = await ph.end()
+        m.update(pods_deleted_s=round(t_gone - d["t0"], 3), pods_delete_request_s=d["request_s"],
+                 pods_deleted_per_s=round(pods / max(1e-6, t_gone - d["t0"]), 1),
+                 delete_sim_cpu_s=cpu["sim_cpu_s"], delete_sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"])
+        x["delete_phase"] = _strip(cpu)
+        x["series_deleted"] = series
+        bench.log(f"    {pods} pods deleted in {m['pods_deleted_s']:.1f}s")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nw.stop()
+        if pw is not None:
+            await pw.stop()
+
+
+async def scenario_ready(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
+    sizes = sorted(int(v) for v in bench.sizes["nodes"])
+    pods = int(bench.sizes["pods"])
+    out = []
+    for n in sizes:
+        p = pods if n == sizes[-1] else 0
+        rec = record("ready", sim, rep, {"nodes": n, "pods": p})
+        bench.log(f"  [ready] {label(sim)}: {n} nodes" + (f", {p} pods" if p else ""))
+        env = None
+        try:
+            async with environment(bench, sim) as env:
+                rec["m"]["probe_s"] = env.probe_s
+                await nodes_then_pods(bench, env, n, p, rec)
+        except Exception as e:
+            rec["error"] = _err(e)
+            bench.log(f"    FAILED: {rec['error']}")
+        _finish(rec, env)
+        out.append(rec)
+    return out
+
+
+# -- 2. lease-hold capacity ------------------------------------------------------------------
+async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) -> dict[str, Any]:
+    hold = float(bench.sizes["hold"])
+    step: dict[str, Any] = {"nodes": n, "ok": False}
+    t0 = time.monotonic()
+    base = len(nw.transitions)
+    c = await bounded_call(create_nodes(env.kube, have, n, bench.concurrency), n - have, "create nodes")
+    step["create_s"] = c["create_s"]
+    try:
+        t_ready = await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n,
+                                 lambda: f"{len(nw.ready)}/{n} Ready", 120 + n / 25, bench.log, env.sim_alive)
+    except (TimeoutError, RuntimeError) as e:
+        step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready))
+        return step
+    step["ready_s"] = round(t_ready - t0, 1)
+    step["ramp_transitions"] = len(nw.transitions) - base
+    base = len(nw.transitions)
+    ph = await env.phase().begin()
+    ages: list[dict[str, Any]] = []
+    lags: list[float] = []
+    every = max(5.0, min(30.0, hold / 6))
+    end = time.monotonic() + hold
+    bench.log(f"    holding {n} nodes for {hold:.0f}s")
+    while time.monotonic() < end:
+        await asyncio.sleep(min(every, max(0.0, end - time.monotonic())))
+        if not env.sim_alive():
+            step["reason"] = "simulator exited"
+            break
+        try:
+            ages.append(await lease_ages(env.kube))
+        except Exception as e:
+            ages.append({"error": _err(e)})
+        if env.sim is not None and env.sim.kind == "shardlet":
+            st = await asyncio.to_thread(env.sim.status)
+            for s in (st or {}).get("shards", []):
+                if s.get("lease_lag_p99") is not None:
+                    lags.append(float(s["lease_lag_p99"]))
+        if len(nw.transitions) > base:
+            break   # it failed; no need to sit out the rest
+    cpu = await ph.end()
+    held = cpu["wall_s"]
+    trans = len(nw.transitions) - base
+    not_ready = n - len(nw.ready)
+    puts = cpu["requests"].get("PUT leases", 0)
+    good_ages = [a for a in ages if "max" in a]
+    step.update(
+        held_s=round(held, 1), transitions=trans, not_ready_at_end=not_ready,
+        notready_nodes=len({name for _, name in nw.transitions[base:]}),
+        lease_puts_per_s=round(puts / max(held, 1e-6), 1), expected_puts_per_s=round(n / 10, 1),
+        lease_age_p50_s=max((a["p50"] for a in good_ages), default=None),
+        lease_age_p99_s=max((a["p99"] for a in good_ages), default=None),
+        lease_age_max_s=max((a["max"] for a in good_ages), default=None),
+        shardlet_lease_lag_p99_s=max(lags) if lags else None,
+        sim_cpu_s=cpu["sim_cpu_s"], sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"],
+        apiserver_cpu_s=cpu["apiserver_cpu_s"], etcd_cpu_s=cpu["etcd_cpu_s"],
+        sim_cpu_per_1k_nodes_min=round(cpu["sim_cpu_s"] / (n / 1000) / (held / 60), 3) if held > 0 else None,
+        mem=mem_summary(env.meter.memory()),
+    )
+    step["ok"] = trans == 0 and not_ready == 0 and "reason" not in step and held >= hold * 0.98
+    if not step["ok"] and "reason" not in step:
+        step["reason"] = f"{trans} NotReady transitions ({step['notready_nodes']} nodes), {not_ready} not Ready at end"
+    bench.log(f"    {n} nodes: {'held' if step['ok'] else 'FAILED'}; lease PUT/s {step['lease_puts_per_s']} "
+              f"(need {step['expected_puts_per_s']}), lease age max {step['lease_age_max_s']}s"
+              + ("" if step["ok"] else f" ({step['reason']})"))
+    return step
+
+
+def _round_size(v: float) -> int:
+    step = 100 if v < 10000 else 500
+    return int(round(v / step) * step)
+
+
+async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
+    start, cap = int(bench.sizes["hold_start"]), int(bench.sizes["hold_max"])
+    rec = record("lease-hold", sim, rep, {"hold_s": float(bench.sizes["hold"]), "start": start, "max": cap})
+    steps: list[dict[str, Any]] = []
+    rec["x"]["steps"] = steps
+    good, bad = 0, None
+    env = None
+    bench.log(f"  [lease-hold] {label(sim)}: from {start} nodes, doubling up to {cap}")
+    try:
+        async with environment(bench, sim) as env:
+            nw = await NodeWatch(env.kube).start()
+            try:
+                have, n = 0, start
+                while n <= cap:
+                    step = await hold_step(bench, env, nw, have, n)
+                    steps.append(step)
+                    have = n
+                    if not step["ok"]:
+                        bad = n
+                        break
+                    good = n
+                    n *= 2
+            finally:
+                await nw.stop()
+        _finish(rec, env)
+        mid = _round_size((good + bad) / 2) if bad is not None else 0
+        if bad is not None and int(bench.sizes.get("hold_bisect", 1)) and good < mid < bad:
+            bench.log(f"  [lease-hold] {label(sim)}: bisect at {mid} nodes (fresh cluster)")
+            env = None
+            async with environment(bench, sim) as env:
+                nw = await NodeWatch(env.kube).start()
+                try:
+                    step = await hold_step(bench, env, nw, 0, mid)
+                    step["bisect"] = True
+                    steps.append(step)
+                    if step["ok"]:
+                        good = mid
+                    else:
+                        bad = mid
+                finally:
+                    await nw.stop()
+    except Exception as e:
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+    _finish(rec, env)
+    ok_steps = [s for s in steps if s.get("ok") and s["nodes"] == good]
+    rec["m"].update(capacity_nodes=good, first_failure_nodes=bad, capped=bad is None and rec["error"] is None,
+                    capacity_lease_puts_per_s=round(good / 10, 1),
+                    capacity_sim_cpu_per_1k_nodes_min=ok_steps[-1].get("sim_cpu_per_1k_nodes_min") if ok_steps else None)
+    bench.log(f"  [lease-hold] {label(sim)}: capacity {good} nodes" + (" (reached --sizes hold_max)" if bad is None else
+                                                                      f", failed at {bad}"))
+    return [rec]
+
+
+# -- 3. steady state: CPU and memory ---------------------------------------------------------
+async def scenario_steady(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
+    n, pods = int(bench.sizes["steady_nodes"]), int(bench.sizes["steady_pods"])
+    window, settle = float(bench.sizes["window"]), float(bench.sizes["settle"])
+    rec = record("steady", sim, rep, {"nodes": n, "pods": pods, "window_s": window})
+    m, x = rec["m"], rec["x"]
+    bench.log(f"  [steady] {label(sim)}: {n} idle nodes for {window:.0f}s, then {pods} pods")
+    env = None
+    try:
+        async with environment(bench, sim) as env:
+            nw = await NodeWatch(env.kube).start()
+            pw = await PodWatch(env.kube).start()
+            try:
+                await bounded_call(create_nodes(env.kube, 0, n, bench.concurrency), n, "create nodes")
+                await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n, lambda: f"{len(nw.ready)}/{n}",
+                               _ready_timeout(n), bench.log, env.sim_alive)
+                await asyncio.sleep(settle)
+                base = len(nw.transitions)
+                ph = await env.phase().begin()
+                await asyncio.sleep(window)
+                idle = await ph.end()
+                mem = mem_summary(env.meter.memory())
+                per = (n / 1000) * (idle["wall_s"] / 60)
+                m.update(idle_sim_cpu_per_1k_nodes_min=round(idle["sim_cpu_s"] / per, 4),
+                         idle_sim_cpu_with_ray_per_1k_nodes_min=round(idle["sim_cpu_with_ray_s"] / per, 4),
+                         idle_ray_daemons_cpu_per_min=round(idle["ray_daemons_cpu_s"] / (idle["wall_s"] / 60), 3),
+                         idle_apiserver_cpu_per_1k_nodes_min=round(idle["apiserver_cpu_s"] / per, 4),
+                         idle_etcd_cpu_per_1k_nodes_min=round(idle["etcd_cpu_s"] / per, 4),
+                         idle_sim_cpu_pct=round(100 * idle["sim_cpu_s"] / idle["wall_s"], 1),
+                         idle_lease_puts_per_s=round(idle["requests"].get("PUT leases", 0) / idle["wall_s"], 1),
+                         idle_transitions=len(nw.transitions) - base,
+                         idle_sim_rss_mib=mem["sim_rss_mib"], idle_sim_pss_mib=mem["sim_pss_mib"],
+                         idle_sim_rss_with_ray_mib=mem["sim_rss_with_ray_mib"],
+                         idle_sim_pss_with_ray_mib=mem["sim_pss_with_ray_mib"])
+                x["idle_phase"] = _strip(idle)
+                x["idle_mem"] = mem
+                x["processes"] = env.meter.processes()
+                bench.log(f"    idle: {m['idle_sim_cpu_per_1k_nodes_min']:.3f} CPU-s per 1k nodes per min "
+                          f"({m['idle_sim_cpu_with_ray_per_1k_nodes_min']:.3f} with Ray), PSS {mem['sim_pss_mib']} MiB")
+                if pods:
+                    ph = await env.phase().begin()
+                    c = await bounded_call(create_pods(env.kube, pods, n, bench.concurrency), pods, "create pods")
+                    await wait_for(f"{pods} pods Running", lambda: len(pw.running) >= pods,
+                                   lambda: f"{len(pw.running)}/{pods}", _ready_timeout(pods), bench.log, env.sim_alive)
+                    run = await ph.end()
+                    mem2 = mem_summary(env.meter.memory())
+                    ph = await env.phase().begin()
+                    await bounded_call(delete_pods(env.kube, [pod_name(i) for i in range(pods)], bench.concurrency),
+                                       pods, "delete pods")
+                    await wait_for(f"{pods} pods deleted", lambda: not pw.exists, lambda: f"{len(pw.exists)} left",
+                                   _ready_timeout(pods), bench.log, env.sim_alive)
+                    dele = await ph.end()
+                    k = pods / 10000
+                    m.update(pods_sim_cpu_per_10k=round(run["sim_cpu_s"] / k, 3),
+                             pods_sim_cpu_with_ray_per_10k=round(run["sim_cpu_with_ray_s"] / k, 3),
+                             delete_sim_cpu_per_10k=round(dele["sim_cpu_s"] / k, 3),
+                             delete_sim_cpu_with_ray_per_10k=round(dele["sim_cpu_with_ray_s"] / k, 3),
+                             pods_apiserver_cpu_per_10k=round(run["apiserver_cpu_s"] / k, 3),
+                             pods_sim_rss_mib=mem2["sim_rss_mib"], pods_sim_pss_mib=mem2["sim_pss_mib"],
+                             pods_sim_pss_with_ray_mib=mem2["sim_pss_with_ray_mib"],
+                             pods_create_s=c["create_s"])
+                    x["pods_phase"] = _strip(run)
+                    x["delete_phase"] = _strip(dele)
+                    bench.log(f"    pods: {m['pods_sim_cpu_per_10k']:.1f} CPU-s per 10k to Running, "
+                              f"{m['delete_sim_cpu_per_10k']:.1f} to delete; PSS {mem2['sim_pss_mib']} MiB")
+            finally:
+                await nw.stop()
+                await pw.stop()
+    except Exception as e:
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+    _finish(rec, env)
+    return [rec]
+
+
+# -- 4. scaling with shards: catch up with a backlog -----------------------------------------
+async def scenario_scaling(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
+    n, pods = int(bench.sizes["scaling_nodes"]), int(bench.sizes["scaling_pods"])
+    rec = record("scaling", sim, rep, {"nodes": n, "pods": pods})
+    m, x = rec["m"], rec["x"]
+    bench.log(f"  [scaling] {label(sim)}: {n} nodes + {pods} pods created first, then the simulator starts")
+    env = None
+    try:
+        async with environment(bench, sim, start_sim=False) as env:
+            nw = await NodeWatch(env.kube).start()
+            pw = await PodWatch(env.kube).start()
+            try:
+                await bounded_call(create_nodes(env.kube, 0, n, bench.concurrency), n, "create nodes")
+                if pods:
+                    await bounded_call(create_pods(env.kube, pods, n, bench.concurrency), pods, "create pods")
+                await wait_for("backlog visible", lambda: len(nw.exists) >= n and len(pw.exists) >= pods,
+                               lambda: f"{len(nw.exists)} nodes, {len(pw.exists)} pods", 120, bench.log)
+                ph = await env.phase().begin()
+                t0 = time.monotonic()
+                await env.start_sim(do_probe=False)
+                await wait_for("backlog served", lambda: len(nw.ready) >= n and len(pw.running) >= pods,
+                               lambda: f"{len(nw.ready)}/{n} Ready, {len(pw.running)}/{pods} Running",
+                               _ready_timeout(n + pods), bench.log, env.sim_alive)
+                shard_pids = await asyncio.to_thread(env.sim.shard_pids) if env.sim else {}
+                cpu = await ph.end()
+                nr = sorted(nw.first_ready.values())
+                pr = sorted(pw.first_running.values())
+                m.update(startup_s=round(min(nr[0], pr[0] if pr else nr[0]) - t0, 2),
+                         nodes_done_s=round(nr[-1] - t0, 2), pods_done_s=round(pr[-1] - t0, 2) if pr else None,
+                         nodes_per_s=round(n / max(1e-6, nr[-1] - nr[0]), 1),
+                         pods_per_s=round(pods / max(1e-6, pr[-1] - pr[0]), 1) if pr else None,
+                         sim_cpu_s=cpu["sim_cpu_s"], sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"],
+                         ray_daemons_cpu_s=cpu["ray_daemons_cpu_s"], apiserver_cpu_s=cpu["apiserver_cpu_s"],
+                         runner_cpu_s=cpu["groups"].get("runner", cpu["groups"].get("kwok", 0.0)))
+                by_pid = cpu["by_pid"]
+                per_shard = {s: round(by_pid.get(pid, 0.0), 2) for s, pid in shard_pids.items()}
+                if env.sim is not None and env.sim.shards > 1 and per_shard:
+                    vals = list(per_shard.values())
+                    m.update(shard_cpu_max_s=max(vals), shard_cpu_mean_s=round(sum(vals) / len(vals), 2))
+                    x["status"] = await asyncio.to_thread(env.sim.status)
+                elif env.sim is not None:
+                    m.update(shard_cpu_max_s=m["sim_cpu_s"], shard_cpu_mean_s=m["sim_cpu_s"])
+                x["per_shard_cpu_s"] = per_shard
+                x["phase"] = _strip(cpu)
+                bench.log(f"    served in {m['nodes_done_s']:.1f}s / {m.get('pods_done_s')}s after start: "
+                          f"{m['nodes_per_s']} nodes/s, {m['pods_per_s']} pods/s; sim CPU {cpu['sim_cpu_s']:.1f}s "
+                          f"(+Ray {cpu['ray_daemons_cpu_s']:.1f}s), per shard {per_shard}")
+            finally:
+                await nw.stop()
+                await pw.stop()
+    except Exception as e:
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+    _finish(rec, env)
+    return [rec]
+
+
+# -- 5. the physical limit: raw lease writes -------------------------------------------------
+def _level(text: str) -> tuple[int, int]:
+    p, _, c = text.partition("x")
+    return (int(p), int(c)) if c else (1, int(p))
+
+
+async def scenario_writer(bench: Bench, sim: str | None, rep: int) -> list[dict[str, Any]]:
+    leases = int(bench.sizes["writer_leases"])
+    duration = float(bench.sizes["writer_duration"])
+    levels = [str(v) for v in bench.sizes["writer"]]
+    out: list[dict[str, Any]] = []
+    bench.log(f"  [writer] {leases} leases, levels {','.join(levels)}, {duration:.0f}s each")
+    env = None
+    try:
+        async with environment(bench, None) as env:
+            await bounded_call(create_leases(env.kube, leases, "bench-lease", bench.concurrency), leases, "create leases")
+            await asyncio.sleep(2)
+            for lv in levels:
+                nproc, conc = _level(lv)
+                rec = record("writer", None, rep, {"level": lv, "procs": nproc, "concurrency": conc,
+                                                   "leases": leases, "duration_s": duration})
+                try:
+                    ph = await env.phase().begin()
+                    parts = await asyncio.gather(*(asyncio.to_thread(_run_writer, env, leases, conc, duration,
+                                                                     f"{i}/{nproc}") for i in range(nproc)))
+                    cpu = await ph.end()
+                    wall = cpu["wall_s"]
+                    ok = sum(int(p["ok"]) for p in parts)
+                    secs = max(float(p["seconds"]) for p in parts)
+                    rec["m"].update(writes_per_s=round(ok / secs, 1), conflicts=sum(int(p["conflicts"]) for p in parts),
+                                    errors=sum(int(p["errors"]) for p in parts),
+                                    latency_ms_p50=max(float(p["latency_ms_p50"] or 0) for p in parts),
+                                    latency_ms_p99=max(float(p["latency_ms_p99"] or 0) for p in parts),
+                                    writer_cpu_pct=round(100 * sum(float(p["writer_cpu_s"]) for p in parts) / secs, 1),
+                                    apiserver_cpu_pct=round(100 * cpu["apiserver_cpu_s"] / wall, 1),
+                                    etcd_cpu_pct=round(100 * cpu["etcd_cpu_s"] / wall, 1),
+                                    lease_puts_counted=cpu["requests"].get("PUT leases", 0))
+                    rec["x"]["parts"] = parts
+                    bench.log(f"    {lv}: {rec['m']['writes_per_s']} writes/s, p99 {rec['m']['latency_ms_p99']} ms, "
+                              f"CPU writer {rec['m']['writer_cpu_pct']}% apiserver {rec['m']['apiserver_cpu_pct']}% "
+                              f"etcd {rec['m']['etcd_cpu_pct']}%")
+                except Exception as e:
+                    rec["error"] = _err(e)
+                    bench.log(f"    {lv} FAILED: {rec['error']}")
+                out.append(rec)
+                await asyncio.sleep(3)
+    except Exception as e:
+        rec = record("writer", None, rep, {"level": "setup"})
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+        out.append(rec)
+    return out
+
+
+def _run_writer(env: Env, leases: int, conc: int, duration: float, part: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.writer", "--kubeconfig", str(env.cluster.kubeconfig), "--prefix", "bench-lease",
+           "--count", str(leases), "--concurrency", str(conc), "--duration", str(duration), "--part", part]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
+                       cwd=str(Path(__file__).resolve().parent.parent))
+    if r.returncode != 0:
+        raise RuntimeError(f"writer {part} exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+# -- profile: where shardlet's time goes -----------------------------------------------------
+async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
+    from bench.profile import parse_raw, py_spy
+
+    n, pods = int(bench.sizes["profile_nodes"]), int(bench.sizes["profile_pods"])
+    idle = float(bench.sizes["profile_idle"])
+    rec = record("profile", sim, rep, {"nodes": n, "pods": pods, "idle_s": idle})
+    spy = py_spy()
+    if spy is None:
+        rec["error"] = "py-spy not found: pip install -e '.[bench]'"
+        return [rec]
+    bench.log(f"  [profile] {label(sim)} under py-spy: {n} nodes, {idle:.0f}s idle, {pods} pods, delete")
+    env = None
+    out_file = bench.log_dir / f"profile-{sim}-{rep}.txt"
+    try:
+        async with environment(bench, sim) as env:
+            assert env.sim is not None
+            # the runner for S=1; with Ray the shard workers are its descendants
+            cmd = [spy, "record", "--pid", str(env.sim.pid), "--rate", "100", "--format", "raw", "--output",
+                   str(out_file), "--nonblocking"]
+            if env.sim.shards > 1:
+                cmd.append("--subprocesses")
+            spy_log = open(bench.log_dir / f"profile-{sim}-{rep}.pyspy.log", "wb")
+            sp = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT, start_new_session=True)
+            spy_log.close()
+            try:
+                nw = await NodeWatch(env.kube).start()
+                try:
+                    await bounded_call(create_nodes(env.kube, 0, n, bench.concurrency), n, "create nodes")
+                    await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n, lambda: f"{len(nw.ready)}/{n}",
+                                   _ready_timeout(n), bench.log, env.sim_alive)
+                    await asyncio.sleep(idle)
+                finally:
+                    await nw.stop()
+                if pods:
+                    pw = await PodWatch(env.kube).start()
+                    try:
+                        await bounded_call(create_pods(env.kube, pods, n, bench.concurrency), pods, "create pods")
+                        await wait_for(f"{pods} pods Running", lambda: len(pw.running) >= pods,
+                                       lambda: f"{len(pw.running)}/{pods}", _ready_timeout(pods), bench.log,
+                                       env.sim_alive)
+                        await bounded_call(delete_pods(env.kube, [pod_name(i) for i in range(pods)],
+                                                       bench.concurrency), pods, "delete pods")
+                        await wait_for(f"{pods} pods deleted", lambda: not pw.exists, lambda: f"{len(pw.exists)} left",
+                                       _ready_timeout(pods), bench.log, env.sim_alive)
+                    finally:
+                        await pw.stop()
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(sp.pid, signal.SIGINT)
+                try:
+                    await asyncio.to_thread(sp.wait, 60)
+                except subprocess.TimeoutExpired:
+                    sp.kill()
+        prof = parse_raw(out_file)
+        rec["x"]["profile"] = prof
+        rec["x"]["raw_file"] = str(out_file)
+        rec["m"]["samples"] = prof.get("samples", 0)
+        for row in prof.get("self", [])[:5]:
+            bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
+    except Exception as e:
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+    _finish(rec, env)
+    return [rec]
+
+
+SCENARIOS: dict[str, Any] = {
+    "writer": scenario_writer,
+    "ready": scenario_ready,
+    "scaling": scenario_scaling,
+    "steady": scenario_steady,
+    "lease-hold": scenario_hold,
+    "profile": scenario_profile,
+}

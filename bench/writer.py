@@ -1,0 +1,109 @@
+"""The minimal lease writer: how many Lease PUTs/s this apiserver + etcd accept.
+
+`python -m bench.writer --kubeconfig K --prefix P --count N --concurrency C --duration D
+[--part i/k]` lists the leases P-000000.. (its share i of k), then for D seconds keeps C PUTs in
+flight, each worker renewing its own disjoint set of leases in turn (so no 409s between workers):
+renewTime = now, body = the last object the apiserver returned. Prints one JSON line.
+
+Nothing else happens per request (no stage engine, no watch), so this is the ceiling a fake
+kubelet's lease renewals can approach on this box, with the writer's own CPU reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import time
+
+import aiohttp
+import orjson
+
+from shardlet.api import load_credentials
+from shardlet.lease import micro_time
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    creds = load_credentials(args.kubeconfig)
+    i, k = (int(x) for x in args.part.split("/"))
+    names = [f"{args.prefix}-{n:06d}" for n in range(args.count)][i::k]
+    conn = aiohttp.TCPConnector(ssl=creds.ssl, limit=args.concurrency)
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": "bench-writer"}
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        cache: dict[str, dict[str, object]] = {}
+        cont = ""
+        while True:
+            params = {"limit": "5000", **({"continue": cont} if cont else {})}
+            async with s.get(creds.server + LEASES, params=params, headers=headers) as r:
+                body = orjson.loads(await r.read())
+            for it in body.get("items") or []:
+                cache[it["metadata"]["name"]] = it
+            cont = (body.get("metadata") or {}).get("continue") or ""
+            if not cont:
+                break
+        mine = [n for n in names if n in cache]
+        if not mine:
+            raise SystemExit(f"writer: no leases named {args.prefix}-* found")
+        ok = conflicts = errors = 0
+        lat: list[float] = []
+        c = max(1, min(args.concurrency, len(mine)))
+        start = time.monotonic()
+        end = start + args.duration
+
+        async def worker(w: int) -> None:
+            nonlocal ok, conflicts, errors
+            own = mine[w::c]
+            j = 0
+            while time.monotonic() < end:
+                name = own[j % len(own)]
+                j += 1
+                obj = cache[name]
+                obj["spec"]["renewTime"] = micro_time()  # type: ignore[index]
+                t0 = time.monotonic()
+                try:
+                    async with s.put(f"{creds.server}{LEASES}/{name}", data=orjson.dumps(obj), headers=headers) as r:
+                        raw = await r.read()
+                        if r.status == 200:
+                            ok += 1
+                            cache[name] = orjson.loads(raw)
+                            lat.append(time.monotonic() - t0)
+                        elif r.status == 409:
+                            conflicts += 1
+                            async with s.get(f"{creds.server}{LEASES}/{name}", headers=headers) as g:
+                                cache[name] = orjson.loads(await g.read())
+                        else:
+                            errors += 1
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    errors += 1
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        await asyncio.gather(*(worker(w) for w in range(c)))
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        took = time.monotonic() - start
+    lat.sort()
+
+    def q(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
+    return {"part": args.part, "leases": len(mine), "concurrency": c, "seconds": round(took, 2), "ok": ok,
+            "conflicts": conflicts, "errors": errors, "writes_per_s": round(ok / took, 1),
+            "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99),
+            "writer_cpu_s": round(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 2), "pid": os.getpid()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.writer")
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--prefix", default="bench-lease")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--duration", type=float, default=30)
+    p.add_argument("--part", default="0/1", help="i/k: take every k-th lease starting at i")
+    args = p.parse_args()
+    print(json.dumps(asyncio.run(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
