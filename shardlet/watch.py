@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ import structlog
 from shardlet.api import ApiError, Kube
 
 log = structlog.get_logger("shardlet.watch")
+
+HEALTHY_AFTER = 10.0   # a watch that ran this long was working: its failure starts the backoff afresh
 
 Handler = Callable[[str, dict[str, Any]], None]   # (ADDED|MODIFIED|DELETED, object)
 
@@ -56,6 +59,7 @@ class Reflector:
         backoff = 0.8
         need_list = True
         while True:
+            started = time.monotonic()
             try:
                 if need_list:
                     await self._list()
@@ -75,10 +79,10 @@ class Reflector:
                     need_list = True
                     continue
                 log.warning("watch_error", watch=self.name, status=e.status, error=e.message[:200])
-                backoff = await _sleep_backoff(backoff, e.retry_after)
+                backoff = await _sleep_backoff(_fresh(backoff, started), e.retry_after)
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
                 log.warning("watch_broken", watch=self.name, error=type(e).__name__, detail=str(e)[:200])
-                backoff = await _sleep_backoff(backoff)
+                backoff = await _sleep_backoff(_fresh(backoff, started))
 
     async def _list(self) -> None:
         items, rv = await self.kube.list_all(self.path, **self.params)
@@ -135,6 +139,11 @@ class Reflector:
         except Exception:
             # a malformed object must never take the watch down with it
             log.exception("handler_failed", watch=self.name, object=obj_key(obj), event=typ)
+
+
+def _fresh(backoff: float, started: float) -> float:
+    """The backoff grows over failures in a row, not over the life of the watch."""
+    return 0.8 if time.monotonic() - started >= HEALTHY_AFTER else backoff
 
 
 async def _sleep_backoff(current: float, hint: float | None = None) -> float:
