@@ -27,7 +27,9 @@ Handler = Callable[[str, dict[str, Any]], None]   # (ADDED|MODIFIED|DELETED, obj
 
 
 def obj_key(obj: dict[str, Any]) -> str:
-    m = obj.get("metadata") or {}
+    m = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(m, dict):
+        m = {}
     ns = m.get("namespace")
     return f"{ns}/{m.get('name')}" if ns else str(m.get("name"))
 
@@ -138,7 +140,7 @@ class Reflector:
             self.handler(typ, obj)
         except Exception:
             # a malformed object must never take the watch down with it
-            log.exception("handler_failed", watch=self.name, object=obj_key(obj), event=typ)
+            log.exception("handler_failed", watch=self.name, object=obj_key(obj), type=typ)
 
 
 def _fresh(backoff: float, started: float) -> float:
