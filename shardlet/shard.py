@@ -113,10 +113,11 @@ class Shard:
         self._annotation_sel = [] if config.manage_all_nodes else parse_annotation_selector(config.node_annotation_selector)
         self.start_time = dt.datetime.now(dt.UTC)
         self.base_funcs = base_funcs(self.start_time)
+        self.stage_errors: dict[str, str] = {}
         self.static_stages = self._load_static_stages()
+        self.static_stage_errors = dict(self.stage_errors)   # --stage-file's, kept across CRD reloads
         self.crd_stages: list[Stage] = []
         self.crd_stage_objs: dict[str, dict[str, Any]] = {}
-        self.stage_errors: dict[str, str] = {}
         self.engine = StageEngine(self.static_stages)
         self.nodes: dict[str, NodeInfo] = {}
         # key -> (node, uid) of pods on owned nodes: the object itself lives only as long as a
@@ -169,7 +170,7 @@ class Shard:
         else:
             self.crd_stage_objs[name] = obj
         good, bad = load_stages(self.crd_stage_objs.values())
-        self.stage_errors = {str(e).split(":", 1)[0]: str(e) for e in bad}
+        self.stage_errors = {**self.static_stage_errors, **{str(e).split(":", 1)[0]: str(e) for e in bad}}
         for e in bad:
             log.error("stage_rejected", shard=self.cfg.name, error=str(e))
         self.crd_stages = good
