@@ -251,6 +251,9 @@ class Shard:
             self.queue.cancel(("Pod", key))
             node = node or (old[0] if old else "")
             self.pods_by_node.get(node, set()).discard(key)
+            waiting = self.orphans.get(node)
+            if waiting is not None and waiting.pop(key, None) is not None and not waiting:
+                del self.orphans[node]   # deleted before its node came: not replayed with it
             uid = (pod.get("metadata") or {}).get("uid") or (old[1] if old else "")
             if uid:
                 self._release_ips(str(uid))
