@@ -22,6 +22,10 @@ from shardlet.api import ApiError, Kube
 log = structlog.get_logger("shardlet.watch")
 
 HEALTHY_AFTER = 10.0   # a watch that ran this long was working: its failure starts the backoff afresh
+# Node conditions are repaired through the node watch (kwok's node-initialize), not by a periodic
+# status post as a kubelet does: after an outage the watch must be back within seconds, not the
+# 30-45 s of client-go's cap, for nodes marked Unknown to be Ready again within 30 s.
+MAX_BACKOFF = 8.0
 
 Handler = Callable[[str, dict[str, Any]], None]   # (ADDED|MODIFIED|DELETED, object)
 
@@ -151,4 +155,4 @@ def _fresh(backoff: float, started: float) -> float:
 async def _sleep_backoff(current: float, hint: float | None = None) -> float:
     delay = hint if hint is not None else current
     await asyncio.sleep(delay * (1 + random.random() * 0.5))
-    return min(current * 2, 30.0)
+    return min(current * 2, MAX_BACKOFF)
