@@ -220,6 +220,43 @@ class Cluster:
         st.procs[component] = Proc(proc.pid, _start_ticks(proc.pid) or 0, port)
         st.save(self.state_file)
 
+    # -- one component at a time (fault tests) ---------------------------------------------
+    def stop_component(self, component: str, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:
+        """Stop one control-plane component (SIGTERM, SIGKILL after `grace`); its ports stay reserved."""
+        if component not in COMPONENTS:
+            raise UserError(f"cluster {self.name!r}: unknown component {component!r} (known: {', '.join(COMPONENTS)})")
+        p = self.state().procs.get(component)
+        if p is None or not alive(p):
+            return
+        _signal_group(p.pid, sig)
+        if not _wait_gone(p, grace):
+            _signal_group(p.pid, signal.SIGKILL)
+            _wait_gone(p, 5.0)
+        _reap(p.pid)
+
+    def start_component(self, component: str, timeout: float = 120.0) -> None:
+        """Start a stopped component again with the same arguments and ports; return once healthy."""
+        if component not in COMPONENTS:
+            raise UserError(f"cluster {self.name!r}: unknown component {component!r} (known: {', '.join(COMPONENTS)})")
+        st = self.state()
+        if component in st.procs and alive(st.procs[component]):
+            raise UserError(f"cluster {self.name!r}: {component} is already running")
+        opts = Options(**st.options)
+        args = {"etcd": lambda: self._etcd_args(st),
+                "kube-apiserver": lambda: self._apiserver_args(st, opts),
+                "kube-controller-manager": lambda: self._kcm_args(st, opts),
+                "kube-scheduler": lambda: self._scheduler_args(st, opts)}[component]()
+        self._spawn(st, component, args)
+        url = {"etcd": f"http://127.0.0.1:{st.ports['etcd']}/health",
+               "kube-apiserver": f"{self._url(st)}/readyz"}.get(component,
+                                                                 f"https://127.0.0.1:{st.ports[component]}/healthz")
+        self._wait_http(url, component, st, timeout)
+
+    def restart(self, component: str, grace: float = 15.0, timeout: float = 120.0) -> None:
+        """Stop one component and start it again with the same arguments and ports."""
+        self.stop_component(component, grace)
+        self.start_component(component, timeout)
+
     # -- internals -------------------------------------------------------------------------
     def _remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
