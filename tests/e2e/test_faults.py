@@ -246,6 +246,11 @@ class Run:
             except ProcessLookupError:
                 pass
             self.proc.wait(10)
+            try:   # killed: its endpoint could not remove its run file
+                if orjson.loads(run_file(self.name).read_bytes()).get("pid") == self.proc.pid:
+                    run_file(self.name).unlink()
+            except (OSError, ValueError):
+                pass
         self.logf.close()
         if os.environ.get("CI"):
             print(f"--- {self.name} log tail ({self.log_path})\n{self.tail()}")
