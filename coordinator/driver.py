@@ -285,7 +285,8 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, r
     if ray_address:
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=True)
     else:
-        ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
+        # address="local": always a private Ray, never one some `ray start` left on the host
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
                  object_store_memory=128 << 20, log_to_driver=True)
     coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text,
                         detached=bool(ray_address), shard_cpus=shard_cpus)

@@ -41,9 +41,12 @@ class ShardActor:
         self.cfg = ShardConfig(**cfg)
         self.kubeconfig: str | None = None
         if kubeconfig_text is not None:
-            fd, path = tempfile.mkstemp(prefix=f"shardlet-{shard_id}-", suffix=".kubeconfig")
-            with os.fdopen(fd, "w") as f:   # mkstemp makes it 0600
+            # one fixed path per shard: a restarted worker overwrites what a killed one left
+            path = os.path.join(tempfile.gettempdir(), f"shardlet-{holder}.kubeconfig")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
                 f.write(kubeconfig_text)
+            os.chmod(path, 0o600)
             self.kubeconfig = path
         self.shard: Shard | None = None
         self.ring: Ring | None = None

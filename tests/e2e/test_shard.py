@@ -273,11 +273,11 @@ def test_metrics_endpoints_serve_nonzero_series(nodes: ReadyMonitor, shardlet: S
         assert val("shardlet_lease_renew_lag_seconds_count") > 0
         assert val('shardlet_stage_transitions_total{shard="shardlet-0",stage="node-initialize"}') >= NODES
         assert val('shardlet_stage_transitions_total{shard="shardlet-0",stage="pod-ready"}') > 0
-        assert val('shardlet_watch_events_total{shard="shardlet-0",resource="nodes"}') >= NODES
-        assert val('shardlet_watch_events_total{shard="shardlet-0",resource="pods"}') > 0
-        assert val('shardlet_apiserver_requests_total{shard="shardlet-0",verb="PATCH",code="200"}') > 0
+        assert val('shardlet_watch_events_total{resource="nodes",shard="shardlet-0"}') >= NODES
+        assert val('shardlet_watch_events_total{resource="pods",shard="shardlet-0"}') > 0
+        assert val('shardlet_apiserver_requests_total{code="200",shard="shardlet-0",verb="PATCH"}') > 0
         assert val("shardlet_apiserver_request_duration_seconds_count") > 0
-        assert 'shardlet_relists_total{shard="shardlet-0",resource="pods"}' in series
+        assert 'shardlet_relists_total{resource="pods",shard="shardlet-0"}' in series
 
 
 def test_nodes_stay_ready_under_node_lifecycle_controller(nodes: ReadyMonitor) -> None:
