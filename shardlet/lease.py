@@ -46,6 +46,7 @@ class LeaseRenewer:
         self.renewals = 0
         self.failures = 0
         self.last_error = ""
+        self.failing: dict[str, int] = {}   # node -> consecutive failures, for the backoff
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -59,6 +60,7 @@ class LeaseRenewer:
     def remove(self, node: str) -> None:
         self.uids.pop(node, None)
         self.leases.pop(node, None)
+        self.failing.pop(node, None)
         self.queue.cancel(node)
 
     async def run(self) -> None:
@@ -68,11 +70,13 @@ class LeaseRenewer:
         if node not in self.uids:
             return
         ok = False
+        retry_after: float | None = None
         try:
             await self._renew_once(node)
             ok = True
             self.renewals += 1
         except ApiError as e:
+            retry_after = e.retry_after
             self.failures += 1
             self.last_error = f"lease {node}: {e}"
             log.warning("lease_renew_failed", node=node, status=e.status, error=e.message[:200])
@@ -84,10 +88,23 @@ class LeaseRenewer:
             if self.on_renew is not None:
                 self.on_renew(time.monotonic() - due, ok)
             if node in self.uids:
-                # kubelet-style: every quarter of the duration, jittered early so never late;
-                # after a failure retry sooner, still well inside the duration
-                nxt = self.interval * (1 - 0.04 * random.random()) if ok else min(2.0, self.interval / 4)
-                self.queue.put(node, None, nxt)
+                self.queue.put(node, None, self._next_delay(node, ok, retry_after))
+
+    def _next_delay(self, node: str, ok: bool, retry_after: float | None) -> float:
+        """kubelet-style: every quarter of the duration, jittered early so never late. After a
+        failure back off like kubelet's lease controller (doubling from 0.2 s), jittered by 20%
+        so a fleet that failed together does not retry together, capped at a quarter of the
+        interval so a lease is retried several times before it could expire; a 429's
+        Retry-After is honoured within that cap."""
+        if ok:
+            self.failing.pop(node, None)
+            return self.interval * (1 - 0.04 * random.random())
+        n = self.failing[node] = self.failing.get(node, 0) + 1
+        cap = min(7.0, self.interval / 4)
+        delay = min(cap, 0.2 * 2 ** min(n, 16)) * (1 - 0.2 * random.random())
+        if retry_after:
+            delay = max(delay, min(cap, retry_after))
+        return delay
 
     async def _renew_once(self, node: str) -> None:
         lease = self.leases.get(node)

@@ -768,7 +768,7 @@ def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor
     # the shard catches up: every burst pod Running, every lease renewed
     poll(lambda: _all_running(_pods(env.api, "apf"), env.size.burst), 120, 1, f"{env.size.burst} burst pods Running")
     assert_leases_renewed(env, monitor, t0, lifted)
-    # retried with backoff, not in a hot loop: a lease retries every 2 s, a stage write after
+    # retried with backoff, not in a hot loop: a lease retries after 2-2.5 s at most, a stage write after
     # Retry-After (1 s) or more, so 429s per second stay under one per object with a write to make
     # (a loop without backoff makes thousands a second)
     bound = env.size.nodes / 2 + env.size.burst + 64

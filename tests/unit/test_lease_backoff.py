@@ -1,0 +1,48 @@
+"""Lease renewal cadence and failure backoff (no cluster: only the scheduling rule)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardlet.lease import LeaseRenewer
+
+
+def renewer(duration: int = 40) -> LeaseRenewer:
+    kube: Any = None   # _next_delay never talks to the apiserver
+    return LeaseRenewer(kube, "holder", duration=duration)
+
+
+def test_success_renews_every_quarter_never_late() -> None:
+    r = renewer(40)
+    delays = [r._next_delay("n", True, None) for _ in range(500)]
+    assert all(9.6 <= d <= 10.0 for d in delays)
+    assert max(delays) - min(delays) > 0.1, "jittered"
+
+
+def test_failures_back_off_with_jitter_capped_inside_the_lease() -> None:
+    r = renewer(40)
+    firsts = [renewer(40)._next_delay("n", False, None) for _ in range(200)]
+    assert all(0.32 <= d <= 0.4 for d in firsts) and len({round(d, 4) for d in firsts}) > 50
+    seq = [r._next_delay("n", False, None) for _ in range(12)]
+    assert all(d <= 2.5 for d in seq) and all(2.0 <= d for d in seq[-4:])   # cap: a quarter of the 10 s interval
+    assert sum(seq[:4]) < sum(seq[4:8])                           # grows before the cap
+    # a success resets the backoff
+    r._next_delay("n", True, None)
+    assert r._next_delay("n", False, None) <= 0.4
+
+
+def test_retry_after_is_honoured_within_the_cap() -> None:
+    r = renewer(40)
+    assert r._next_delay("n", False, 2.0) >= 2.0
+    assert r._next_delay("m", False, 60.0) <= 2.5
+    # a short lease keeps its cap short: several tries before a 4 s lease could expire
+    assert all(renewer(4)._next_delay("n", False, 30.0) <= 0.25 for _ in range(20))
+
+
+def test_removed_node_forgets_its_failures() -> None:
+    r = renewer(40)
+    r.add("n", "uid")
+    for _ in range(8):
+        r._next_delay("n", False, None)
+    r.remove("n")
+    assert "n" not in r.failing
