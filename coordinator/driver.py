@@ -235,6 +235,30 @@ class Coordinator:
         parts = await asyncio.gather(*(one(self.actors[s]) for s in self.ring.shards if s in self.actors))
         return _merge_exposition(list(parts))
 
+    async def node_metrics(self, path: str) -> tuple[int, str]:
+        """Ask the shard that owns the node in the path; paths without a node go to every shard."""
+        import msgpack
+
+        parts = path.split("/")
+        if path.startswith("/metrics/nodes/") and len(parts) > 3 and self.ring.shards:
+            targets = [self.ring.owner(parts[3])]
+        else:
+            targets = list(self.ring.shards)
+        last: tuple[int, str] = (404, f"no shard serves {path}\n")
+        for sid in targets:
+            a = self.actors.get(sid)
+            if a is None:
+                continue
+            try:
+                code, text = msgpack.unpackb(await asyncio.wait_for(a.node_metrics.remote(path), 10))
+            except Exception as e:
+                last = (503, f"shard {sid}: {type(e).__name__}\n")
+                continue
+            if code == 200:
+                return code, text
+            last = (code, text)
+        return last
+
     async def stop(self, release_leases: bool) -> None:
         if self.detached:
             return   # detached shards keep serving; a new coordinator re-adopts them
@@ -256,7 +280,7 @@ def _merge_exposition(parts: list[bytes]) -> bytes:
 
 
 async def serve(coord: Coordinator, status_port: int, release_leases: bool, status_addr: str = "127.0.0.1") -> None:
-    ep = Endpoint(coord.status, coord.metrics, coord.scale)
+    ep = Endpoint(coord.status, coord.metrics, coord.scale, node_metrics=coord.node_metrics)
     await coord.start()
     port = await ep.start(coord.name, status_port, status_addr)
     log.info("coordinator_ready", name=coord.name, shards=len(coord.ring.shards), epoch=coord.ring.epoch,

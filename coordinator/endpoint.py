@@ -1,5 +1,6 @@
 """The coordinator's small HTTP face on 127.0.0.1: /status (JSON), /metrics (Prometheus text of
-every shard), POST /shards?n=N (rebalance). Its address is written to a run file so that
+every shard), GET /metrics/nodes/NODE/... (kwok's node resource metrics, from the shard that serves
+NODE), POST /shards?n=N (rebalance). Its address is written to a run file so that
 `shardlet status` and `shardlet shards scale` find it by cluster name."""
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def run_file(name: str) -> Path:
 
 class Endpoint:
     def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]], metrics: Callable[[], Awaitable[bytes]],
-                 scale: Callable[[int], Awaitable[dict[str, Any]]] | None = None) -> None:
+                 scale: Callable[[int], Awaitable[dict[str, Any]]] | None = None,
+                 node_metrics: Callable[[str], Awaitable[tuple[int, str]]] | None = None) -> None:
         self._status, self._metrics, self._scale = status, metrics, scale
+        self._node_metrics = node_metrics
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.name = ""
@@ -35,6 +38,7 @@ class Endpoint:
         app = web.Application()
         app.router.add_get("/status", self._h_status)
         app.router.add_get("/metrics", self._h_metrics)
+        app.router.add_get("/metrics/{rest:.+}", self._h_node_metrics)
         app.router.add_post("/shards", self._h_scale)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -62,6 +66,14 @@ class Endpoint:
 
     async def _h_metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=await self._metrics(), content_type="text/plain")
+
+    async def _h_node_metrics(self, req: web.Request) -> web.Response:
+        if self._node_metrics is None:
+            return web.Response(status=404, text="node metrics are not served here\n")
+        code, text = await self._node_metrics(req.path)
+        # kubelet's content type: Prometheus text format 0.0.4
+        return web.Response(status=code, text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"} if code == 200 else None)
 
     async def _h_scale(self, req: web.Request) -> web.Response:
         if self._scale is None:

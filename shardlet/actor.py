@@ -103,6 +103,10 @@ class ShardActor:
 
         return generate_latest(self.shard.metrics.registry) if self.shard else b""
 
+    async def node_metrics(self, path: str) -> bytes:
+        code, text = self.shard.node_metrics(path) if self.shard else (503, "shard not started\n")
+        return msgpack.packb([code, text])
+
     async def stop(self, release_leases: bool = False) -> bool:
         if self.shard is not None:
             await self.shard.stop(release_leases=release_leases)

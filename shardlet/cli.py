@@ -79,7 +79,8 @@ def _cluster_up(args: argparse.Namespace) -> int:
     if args.shards is not None and args.shards > 0:
         from shardlet.runner import start_background
 
-        start_background(c, shards=args.shards, profile=args.profile, lease_duration=args.lease_duration)
+        start_background(c, shards=args.shards, profile=args.profile, lease_duration=args.lease_duration,
+                         extra=["--node-metrics"] if args.node_metrics else None)
         _wait_runner(args.name, args.wait)
     print(c.kubeconfig)
     return 0
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--profile", default="fast", help="built-in stage profile(s), comma separated: fast, general, chaos")
     up.add_argument("--lease-duration", type=_positive_int, default=40,
                     help="node lease duration in seconds; renewed every quarter (default: %(default)s)")
+    up.add_argument("--node-metrics", action="store_true",
+                    help="shardlet serves kwok's node resource metrics (/metrics/nodes/NODE/metrics/resource on "
+                         "its status endpoint), like kwokctl's --enable-metrics-server")
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
     up.set_defaults(func=_cluster_up)
     down = csub.add_parser("down", help="stop every process of a local cluster and delete its files")

@@ -63,6 +63,13 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics-port", type=int, default=-1,
                    help="serve Prometheus metrics on this port (0: any free port, -1: off; default: %(default)s)")
     g.add_argument("--metrics-addr", default="127.0.0.1", help="metrics bind address (default: %(default)s)")
+    g.add_argument("--node-metrics", action="store_true",
+                   help="serve kwok's node resource metrics at /metrics/nodes/NODE/metrics/resource on the status "
+                        "endpoint, from Metric, ResourceUsage and ClusterResourceUsage objects (kwok's "
+                        "metrics-resource and usage-from-annotation are built in); keeps a slim copy of each pod")
+    g.add_argument("--metric-file", action="append", default=[],
+                   help="YAML file of Metric/ResourceUsage/ClusterResourceUsage objects (repeatable; "
+                        "implies --node-metrics)")
     g.add_argument("--release-leases-on-exit", action="store_true",
                    help="on SIGTERM clear holderIdentity of every held lease instead of letting them expire")
 
@@ -72,6 +79,9 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
     for f in args.stage_file:
         if not Path(f).is_file():
             raise UserError(f"--stage-file {f}: no such file")
+    for f in args.metric_file:
+        if not Path(f).is_file():
+            raise UserError(f"--metric-file {f}: no such file")
     sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
@@ -85,6 +95,7 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         pod_watch=args.pod_watch or ("node" if sharded else "cluster"),
         buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+        node_metrics=bool(args.node_metrics or args.metric_file), metric_files=tuple(args.metric_file),
     )
 
 
@@ -128,7 +139,9 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
 
     async def metrics() -> bytes:
         return bytes(generate_latest(shard.metrics.registry))
-    ep = Endpoint(status, metrics)
+    async def node_metrics(path: str) -> tuple[int, str]:
+        return shard.node_metrics(path)
+    ep = Endpoint(status, metrics, node_metrics=node_metrics)
     port = await ep.start(run_name, status_port, status_addr)
     log.info("coordinator_ready", name=run_name, shards=1, status=f"http://127.0.0.1:{port}/status")
     await stop.wait()

@@ -28,6 +28,7 @@ from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
+from shardlet.resourcemetrics import ResourceMetrics
 from shardlet.stages.engine import Actions, Apply, Delete, Event, Patch, StageEngine
 from shardlet.stages.funcs import base_funcs
 from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
@@ -60,6 +61,8 @@ class ShardConfig:
                                                       # watch only the buckets of this slice
     metrics_port: int = -1                            # -1 off, 0 any free port
     metrics_addr: str = "127.0.0.1"
+    node_metrics: bool = False                        # serve kwok's Metric/ResourceUsage (keeps slim pods)
+    metric_files: tuple[str, ...] = ()
 
 
 @dataclass
@@ -142,6 +145,8 @@ class Shard:
         self.transitions = 0
         self.last_error = ""
         self.ready = asyncio.Event()
+        self.resource_metrics = ResourceMetrics(
+            config.name, lambda n: self.pods_by_node.get(n, ()), config.metric_files) if config.node_metrics else None
 
     # -- stages ----------------------------------------------------------------------------
     def _load_static_stages(self) -> list[Stage]:
@@ -197,6 +202,8 @@ class Shard:
         managed = self._manages(node)
         prev = self.nodes.get(name)
         self.nodes[name] = NodeInfo(str(meta.get("uid", "")), _node_ips(node), _node_cidrs(node), managed)
+        if self.resource_metrics is not None and managed:
+            self.resource_metrics.node_seen(name, node)
         if not managed or not self.owned(name):
             if prev is not None and prev.managed:
                 self._release_node(name)
@@ -222,6 +229,8 @@ class Shard:
         for key in self.pods_by_node.pop(name, set()):
             self.queue.cancel(("Pod", key))
             self.pods.pop(key, None)
+            if self.resource_metrics is not None:
+                self.resource_metrics.pod_gone(key)
         t = self.per_node_watches.pop(name, None)
         if t is not None:
             t.cancel()
@@ -233,6 +242,8 @@ class Shard:
         self._release_node(name)
         self.nodes.pop(name, None)
         self.orphans.pop(name, None)
+        if self.resource_metrics is not None:
+            self.resource_metrics.node_gone(name)
 
     def _owned_count(self) -> int:
         return len(self.leases) if self.cfg.lease_duration > 0 else sum(
@@ -257,6 +268,8 @@ class Shard:
             uid = (pod.get("metadata") or {}).get("uid") or (old[1] if old else "")
             if uid:
                 self._release_ips(str(uid))
+            if self.resource_metrics is not None:
+                self.resource_metrics.pod_gone(key)
             self.metrics.pods.set(len(self.pods))
             return
         if not self.serves(node):
@@ -265,6 +278,8 @@ class Shard:
             return
         self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
         self.pods_by_node.setdefault(node, set()).add(key)
+        if self.resource_metrics is not None:
+            self.resource_metrics.pod_seen(key, pod)
         self.metrics.pods.set(len(self.pods))
         self._plan("Pod", pod)
 
@@ -527,6 +542,8 @@ class Shard:
                 await asyncio.wait_for(sw.synced.wait(), 10)
             except TimeoutError:
                 log.info("no_stage_crd", shard=self.cfg.name)
+        if self.resource_metrics is not None:
+            self.tasks.extend(asyncio.create_task(r.run()) for r in self.resource_metrics.reflectors(self.kube))
         self.node_watch = Reflector(
             self.kube, "/api/v1/nodes", self._on_node, name="nodes",
             label_selector=self._node_selector(),
@@ -560,6 +577,12 @@ class Shard:
             await self.leases.release_all()
         await self.kube.close()
 
+    def node_metrics(self, path: str) -> tuple[int, str]:
+        """kwok's /metrics/nodes/{node}/metrics/resource for a node this shard serves."""
+        if self.resource_metrics is None:
+            return 404, "node metrics are off (start shardlet with --node-metrics)\n"
+        return self.resource_metrics.render(path, self.serves)
+
     def status(self) -> dict[str, Any]:
         h = self.metrics.lease_lag
         return {
@@ -579,6 +602,7 @@ class Shard:
             "buckets": len(self.my_buckets) if self.my_buckets is not None else None,
             "pod_watches": len(self.per_node_watches) or (1 if self.pod_watch else 0),
             "stage_errors": sorted(self.stage_errors.values()),
+            "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
         }
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 from shardlet.stages.jq import JQError, Query, compile_jq
@@ -37,6 +37,7 @@ from shardlet.stages.jq import JQError, Query, compile_jq
 __all__ = [
     "CelError",
     "CelProgram",
+    "CelValue",
     "MatchError",
     "Requirement",
     "Selector",
@@ -283,6 +284,22 @@ def compile_selector(spec: Any, path: str = "spec.selector") -> Selector | None:
 # kwok's unstructured objects); ``&&``/``||`` absorb errors the CEL way.
 
 
+class CelValue:
+    """A value type an extension brings (kwok's Quantity): it does its own arithmetic
+    (``op`` is ``+ - * / %`` or ``neg``), ordering and double() conversion, raising CelError."""
+
+    __slots__ = ()
+
+    def cel_arith(self, op: str, other: Any) -> Any:
+        raise CelError(f"no such overload: {type(self).__name__} {op} {_cel_type(other)}")
+
+    def cel_key(self) -> Any:
+        raise CelError(f"no such overload: {type(self).__name__} comparison")
+
+    def cel_double(self) -> float:
+        raise CelError(f"no such overload: double({type(self).__name__})")
+
+
 class Duration:
     """A CEL duration, in nanoseconds."""
 
@@ -363,6 +380,8 @@ def _cel_cmp(op: str, a: Any, b: Any) -> bool:
         x, y = a, b
     elif isinstance(a, Duration) and isinstance(b, Duration):
         x, y = a.ns, b.ns
+    elif isinstance(a, CelValue) and type(a) is type(b):
+        x, y = a.cel_key(), b.cel_key()
     else:
         raise _CelEval(f"no such overload: {_cel_type(a)} {op} {_cel_type(b)}")
     if op == "<":
@@ -417,6 +436,8 @@ def _cel_arith(op: str, a: Any, b: Any) -> Any:
             return Duration(_check_int(a.ns + b.ns))
     if op == "-" and isinstance(a, Duration) and isinstance(b, Duration):
         return Duration(_check_int(a.ns - b.ns))
+    if isinstance(a, CelValue):
+        return a.cel_arith(op, b)
     raise _CelEval(f"no such overload: {_cel_type(a)} {op} {_cel_type(b)}")
 
 
@@ -482,6 +503,8 @@ def _cel_int(v: Any) -> int:
 def _cel_double(v: Any) -> float:
     if _is_num(v):
         return float(v)
+    if isinstance(v, CelValue):
+        return v.cel_double()
     if isinstance(v, str):
         try:
             return float(v)
@@ -501,6 +524,8 @@ def _cel_string(v: Any) -> str:
         return repr(v) if not v.is_integer() else f"{v:.0f}" if abs(v) < 1e21 else repr(v)
     if isinstance(v, Duration):
         return f"{v.ns / 1e9:g}s"
+    if isinstance(v, CelValue):
+        return str(v)
     raise _CelEval(f"no such overload: string({_cel_type(v)})")
 
 
@@ -609,8 +634,9 @@ def _cel_unescape(body: str, raw: bool) -> str:
 
 
 class _CelParser:
-    def __init__(self, src: str) -> None:
+    def __init__(self, src: str, ext: frozenset[str] = frozenset()) -> None:
         self.src = src
+        self.ext = ext
         self.toks: list[tuple[str, Any, int]] = []
         pos = 0
         while pos < len(src):
@@ -631,7 +657,9 @@ class _CelParser:
                     self.toks.append(("lit", {"true": True, "false": False, "null": None}[text], pos))
                 elif text == "in":
                     self.toks.append(("op", "in", pos))
-                elif text in _CEL_RESERVED:
+                # reserved words are fine as field names: pod.metadata.namespace
+                elif text in _CEL_RESERVED and not (
+                        self.toks and self.toks[-1][:2] == ("op", ".")):
                     raise CelError(f"reserved identifier {text!r} at {pos}")
                 else:
                     self.toks.append(("ident", text, pos))
@@ -805,6 +833,8 @@ class _CelParser:
             return ("call1", "size", recv)
         if name in _METHODS1 and len(args) == 1:
             return ("method1", name, recv, args[0])
+        if name in self.ext:   # kwok's FuncsToMethods: x.F(a) is F(x, a)
+            return ("ext", name, (recv, *args))
         raise CelError(f"undeclared reference to '{name}' (in container '') at {pos}")
 
     def primary(self) -> tuple[Any, ...]:
@@ -822,6 +852,8 @@ class _CelParser:
                     return ("has", args[0][1], args[0][2])
                 if val in _GLOBALS1 and len(args) == 1:
                     return ("call1", val, args[0])
+                if val in self.ext:
+                    return ("ext", val, tuple(args))
                 raise CelError(f"undeclared reference to '{val}' (in container '') at {pos}")
             return ("ident", val, pos)
         if kind == "op":
@@ -858,6 +890,25 @@ class _CelParser:
 
 
 class _CelCompiler:
+    def __init__(self, functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        self.functions = functions or {}
+
+    def _c_ext(self, node: tuple[Any, ...], scope: frozenset[str]) -> _CelFn:
+        name, f = node[1], self.functions[node[1]]
+        args = [self.compile(a, scope) for a in node[2]]
+
+        def call(env: dict[str, Any]) -> Any:
+            vals = [a(env) for a in args]
+            try:
+                return f(*vals)
+            except TypeError:
+                raise _CelEval(f"no matching overload for '{name}' applied to "
+                               f"({', '.join(_cel_type(v) for v in vals)})") from None
+            except (ValueError, ArithmeticError) as e:
+                raise _CelEval(f"{name}: {e}") from None
+
+        return call
+
     def compile(self, node: tuple[Any, ...], scope: frozenset[str]) -> _CelFn:
         fn: _CelFn = getattr(self, "_c_" + node[0])(node, scope)
         return fn
@@ -962,6 +1013,8 @@ class _CelCompiler:
                 return -v
             if isinstance(v, Duration):
                 return Duration(-v.ns)
+            if isinstance(v, CelValue):
+                return v.cel_arith("neg", None)
             raise _CelEval(f"no such overload: -{_cel_type(v)}")
 
         return neg
@@ -1091,8 +1144,12 @@ class CelProgram:
 
     def eval(self, obj: Any) -> Any:
         """The value of the expression; evaluation errors raise :class:`CelError`."""
+        return self.eval_vars({"self": obj})
+
+    def eval_vars(self, env: dict[str, Any]) -> Any:
+        """The value with the variables of ``compile_cel(..., variables=)`` bound by ``env``."""
         try:
-            return self._fn({"self": obj})
+            return self._fn(env)
         except CelError:
             raise
         except RecursionError:
@@ -1104,13 +1161,18 @@ class CelProgram:
         return f"CelProgram({self.source!r})"
 
 
-def compile_cel(expr: str) -> CelProgram:
-    """Compile a CEL expression (the subset described above); errors raise :class:`CelError`."""
+def compile_cel(expr: str, *, variables: Collection[str] = ("self",),
+                functions: Mapping[str, Callable[..., Any]] | None = None) -> CelProgram:
+    """Compile a CEL expression (the subset described above); errors raise :class:`CelError`.
+
+    ``functions`` adds global functions that are also callable as methods on their first
+    argument (``pod.Usage("cpu")`` is ``Usage(pod, "cpu")``), as kwok's CEL environments do;
+    they raise CelError, ValueError or TypeError (no matching overload)."""
     if not isinstance(expr, str):
         raise CelError(f"expression must be a string, got {type(expr).__name__}")
     try:
-        node = _CelParser(expr).parse()
-        fn = _CelCompiler().compile(node, frozenset({"self"}))
+        node = _CelParser(expr, frozenset(functions or ())).parse()
+        fn = _CelCompiler(functions).compile(node, frozenset(variables))
     except CelError:
         raise
     except RecursionError:

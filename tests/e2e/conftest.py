@@ -119,7 +119,7 @@ def shardlet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     install_crds(cluster)
     log_path = tmp_path_factory.mktemp("shardlet") / "shardlet.log"
-    sp = ShardletProcess(cluster.kubeconfig, log_path)
+    sp = ShardletProcess(cluster.kubeconfig, log_path, "--node-metrics")
     try:
         sp.wait_for("shard_ready", 120)
         yield sp

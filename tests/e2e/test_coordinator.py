@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ SHARDS = 4
 class Ray:
     def __init__(self, kubeconfig: Path, log: Path, name: str) -> None:
         self.name = name
-        self.proc = ShardletProcess(kubeconfig, log, "--shards", str(SHARDS), "--name", name)
+        self.proc = ShardletProcess(kubeconfig, log, "--shards", str(SHARDS), "--name", name, "--node-metrics")
         self.proc.wait_for("coordinator_ready", 240)
 
     def url(self) -> str:
@@ -133,6 +134,21 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
         assert abs(e - total / SHARDS) <= 0.2 * total / SHARDS, ev
     # the shards are spread over Ray's workers: distinct processes
     assert len({s["pid"] for s in shards}) == SHARDS
+
+
+def test_node_metrics_answered_by_the_owning_shard(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl) -> None:
+    names = sorted(n["metadata"]["name"] for n in ck.json("get", "nodes", "-l", "shardlet.x-k8s.io/scale=node")["items"])
+    sample = names[:: max(1, len(names) // 16)]            # spread over every shard's slice
+    holders = _holders(ck)
+    assert len({holders[n] for n in sample}) == SHARDS
+    for n in sample:
+        with urllib.request.urlopen(f"{ray_run.url()}/metrics/nodes/{n}/metrics/resource", timeout=30) as r:
+            assert r.status == 200
+            text = r.read().decode()
+        assert "\nscrape_error 0\n" in f"\n{text}" and "# TYPE node_cpu_usage_seconds_total counter" in text, text
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{ray_run.url()}/metrics/nodes/no-such-node/metrics/resource", timeout=30)
+    assert e.value.code == 404
 
 
 def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:

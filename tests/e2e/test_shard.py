@@ -280,6 +280,88 @@ def test_metrics_endpoints_serve_nonzero_series(nodes: ReadyMonitor, shardlet: S
         assert 'shardlet_relists_total{resource="pods",shard="shardlet-0"}' in series
 
 
+def _scrape(url: str) -> tuple[float, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    t = time.monotonic()
+    return t, {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+USAGE_RU = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ResourceUsage",
+            "metadata": {"name": "usage-b", "namespace": "default"},
+            "spec": {"usages": [{"usage": {"cpu": {"value": "2"},
+                                           "memory": {"expression": 'Quantity("1Gi") / 2'}}}]}}
+BAD_METRIC = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Metric", "metadata": {"name": "broken-metric"},
+              "spec": {"path": "/metrics/nodes/{nodeName}/broken", "metrics": [
+                  {"name": "x", "kind": "gauge", "dimension": "node", "value": "node.metadata."}]}}
+
+
+def test_node_resource_metrics_follow_usage_objects(nodes: ReadyMonitor, kubectl: Kubectl,
+                                                    shardlet: ShardletProcess) -> None:
+    """kwok's metrics-resource + usage-from-annotation are built in; a ResourceUsage object wins
+    for its pod; deleting it falls back; a broken Metric is rejected by name and field."""
+    base = shardlet.wait_for("coordinator_ready", 10)["status"].replace("/status", "")
+    node = sorted(n["metadata"]["name"] for n in kubectl.json("get", "nodes", "-l", f"{SCALE_LABEL}=node")["items"])[0]
+    url = f"{base}/metrics/nodes/{node}/metrics/resource"
+
+    def pod(name: str, ann: dict[str, str]) -> dict[str, Any]:
+        spec = pod_spec(POD_PARAMS)
+        spec["nodeName"] = node
+        spec["containers"] = [{"name": "main", "image": "busybox"}, {"name": "side", "image": "busybox"}]
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default",
+                                                                "annotations": ann}, "spec": spec}
+    kubectl.apply(yaml.safe_dump_all([
+        pod("usage-a", {"kwok.x-k8s.io/usage-cpu": "500m", "kwok.x-k8s.io/usage-memory": "100Mi"}),
+        pod("usage-b", {}), USAGE_RU]))
+    try:
+        poll(lambda: all(kubectl.json("get", "pod", p)["status"].get("phase") == "Running"
+                         for p in ("usage-a", "usage-b")), 60, 0.5, "usage pods Running")
+        mem = "container_memory_working_set_bytes"
+        a_main = (mem, (("container", "main"), ("namespace", "default"), ("pod", "usage-a")))
+        b_main = (mem, (("container", "main"), ("namespace", "default"), ("pod", "usage-b")))
+        def applied() -> dict[Any, float] | None:
+            got = _scrape(url)[1]
+            return got if got.get(b_main) == 2**29 and a_main in got else None
+        got = poll(applied, 60, 0.5, "ResourceUsage applied")
+        assert got[a_main] == 100 * 2**20
+        assert got[("pod_memory_working_set_bytes", (("namespace", "default"), ("pod", "usage-b")))] == 2**30
+        assert got[("node_memory_working_set_bytes", ())] >= 2 * 100 * 2**20 + 2**30
+        assert got[("scrape_error", ())] == 0
+        # CumulativeUsage integrates usage over time: usage-b's containers use 2 cores each
+        cpu = ("pod_cpu_usage_seconds_total", (("namespace", "default"), ("pod", "usage-b")))
+        t0, first = _scrape(url)
+        def grown() -> tuple[float, dict[Any, float]] | None:
+            t, got = _scrape(url)
+            return (t, got) if got[cpu] - first[cpu] >= 8 else None
+        t1, later = poll(grown, 30, 0.5, "cpu grows")
+        rate = (later[cpu] - first[cpu]) / (t1 - t0)
+        assert 3.0 <= rate <= 4.4, rate   # 2 containers x 2 cores, within the scrape-timing slack
+        # unknown node: 404, not an empty 200
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/metrics/nodes/no-such-node/metrics/resource", timeout=10)
+        assert e.value.code == 404
+        # a broken Metric: rejected by name and field, the others keep serving
+        kubectl.apply(yaml.safe_dump(BAD_METRIC))
+        ev = shardlet.wait_for("node_metrics_rejected", 30)
+        assert ev["error"].startswith('metric "broken-metric": spec.metrics[0].value:'), ev
+        assert _scrape(url)[1][a_main] == 100 * 2**20
+        # without its ResourceUsage, usage-b falls back to usage-from-annotation's default 1Mi
+        kubectl.run("delete", "resourceusage", "usage-b")
+        poll(lambda: _scrape(url)[1].get(b_main) == 2**20, 30, 0.5, "fallback to ClusterResourceUsage")
+    finally:
+        kubectl.run("delete", "pod", "usage-a", "usage-b", "--wait=false", check=False)
+        kubectl.run("delete", "resourceusage", "usage-b", check=False)
+        kubectl.run("delete", "metric", "broken-metric", check=False)
+
+
 def test_nodes_stay_ready_under_node_lifecycle_controller(nodes: ReadyMonitor) -> None:
     # the monitor has polled since the nodes first became Ready: hold until HOLD seconds in all
     nodes.hold(max(0.0, HOLD - (time.monotonic() - nodes.started)))

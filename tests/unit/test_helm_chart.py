@@ -90,6 +90,7 @@ COMBOS = [
     ["ray.address=ray://ray-head:10001"],
     ["shards=4"],
     ["stages.install=true"],
+    ["nodeMetrics.enabled=true"],
     ["apf.enabled=true"],
     ["nodes.select=all"],
     ["nodes.select=label", "nodes.labelSelector=type=kwok"],
@@ -170,6 +171,17 @@ def test_node_delete_is_opt_in_and_patch_only_when_sharded(helm_env: dict[str, s
 
 
 @needs_helm
+def test_node_metrics_add_only_read_access_to_their_objects(helm_env: dict[str, str]) -> None:
+    base = rules(render(helm_env))
+    with_metrics = rules(render(helm_env, "nodeMetrics.enabled=true"))
+    assert with_metrics == [*base, ("kwok.x-k8s.io", "metrics", ("get", "list", "watch")),
+                            ("kwok.x-k8s.io", "resourceusages", ("get", "list", "watch")),
+                            ("kwok.x-k8s.io", "clusterresourceusages", ("get", "list", "watch"))], with_metrics
+    assert "--node-metrics" in container_args(render(helm_env, "nodeMetrics.enabled=true"))
+    assert "--node-metrics" not in container_args(render(helm_env))
+
+
+@needs_helm
 def test_extra_rules_are_appended(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, extra=("--set-json", 'rbac.extraRules=[{"apiGroups":[""],"resources":["pods"],"verbs":["patch"]}]'))
     assert rules(docs)[-1] == ("", "pods", ("patch",))
@@ -211,7 +223,8 @@ def test_shards_start_a_ray_head_in_the_pod(helm_env: dict[str, str]) -> None:
       "profiles": ("fast", "chaos")}),
     (["shards=4"], {"buckets": 1024, "pod_watch": "node", "metrics_port": -1}),
     (["extraArgs={--cidr=10.64.0.0/16,--concurrency=128}"], {"cidr": "10.64.0.0/16", "stage_concurrency": 128}),
-], ids=["defaults", "all-nodes", "label", "sharded", "extra-args"])
+    (["nodeMetrics.enabled=true"], {"node_metrics": True}),
+], ids=["defaults", "all-nodes", "label", "sharded", "extra-args", "node-metrics"])
 def test_rendered_args_are_accepted_by_shardlet_run(helm_env: dict[str, str], values: list[str],
                                                    expect: dict[str, Any]) -> None:
     from shardlet.cli import _load_extensions, build_parser
@@ -254,8 +267,9 @@ def test_apf_renders_a_flowschema_for_the_service_account(helm_env: dict[str, st
 @needs_helm
 def test_crd_ships_in_crds_dir(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, extra=("--include-crds",))
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "stages.kwok.x-k8s.io"
+    names = sorted(d["metadata"]["name"] for d in docs if d and d.get("kind") == "CustomResourceDefinition")
+    assert names == ["clusterresourceusages.kwok.x-k8s.io", "metrics.kwok.x-k8s.io",
+                     "resourceusages.kwok.x-k8s.io", "stages.kwok.x-k8s.io"]
 
 
 @needs_helm
@@ -272,9 +286,13 @@ def test_bad_values_are_refused(helm_env: dict[str, str], values: list[str], mes
 
 
 # -- copies and the image ------------------------------------------------------------------------
-def test_chart_crd_is_the_shardlet_crd() -> None:
-    assert (CHART / "crds" / CRD_SOURCE.name).read_bytes() == CRD_SOURCE.read_bytes(), \
-        f"cp {CRD_SOURCE.relative_to(ROOT)} {CHART.relative_to(ROOT)}/crds/"
+def test_chart_crds_are_the_shardlet_crds() -> None:
+    sources = sorted(CRD_SOURCE.parent.glob("*.yaml"))
+    assert len(sources) == 4
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == [p.name for p in sources]
+    for src in sources:
+        assert (CHART / "crds" / src.name).read_bytes() == src.read_bytes(), \
+            f"cp {src.relative_to(ROOT)} {CHART.relative_to(ROOT)}/crds/"
 
 
 def test_chart_fast_stages_are_the_builtin_profile() -> None:

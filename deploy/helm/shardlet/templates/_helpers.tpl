@@ -83,6 +83,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 - {{ printf "--profile=%s" .Values.profile | quote }}
 - --lease-duration={{ int .Values.leaseDuration }}
+{{- if .Values.nodeMetrics.enabled }}
+- --node-metrics
+{{- end }}
 - --status-port={{ int .Values.statusPort }}
 {{- if eq (include "shardlet.sharded" .) "false" }}
 - --metrics-port={{ int .Values.metrics.port }}
