@@ -7,6 +7,7 @@ Off unless asked for (``--node-metrics``): the shard otherwise keeps no pod obje
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,8 @@ import structlog
 import yaml
 
 from shardlet.api import Kube
-from shardlet.nodemetrics.collector import NodeMetrics
+from shardlet.nodemetrics.collector import NodeMetrics, Timestamp
+from shardlet.nodemetrics.quantity import Quantity, QuantityError, ResourceList
 from shardlet.watch import Reflector
 
 log = structlog.get_logger("shardlet.resourcemetrics")
@@ -32,19 +34,40 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
+# The copies look like kwok's typed objects in CEL: zero values where Go has them (so
+# `"k" in pod.metadata.annotations` works without annotations), quantities as Quantity and
+# creationTimestamp as a timestamp. Only these fields are kept; reading another is an error.
 def _slim_meta(obj: dict[str, Any]) -> dict[str, Any]:
     m = _meta(obj)
-    out = {k: m[k] for k in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion") if k in m}
-    # zero values where a typed Go object has them, so `"k" in pod.metadata.annotations` works
-    out["labels"] = m.get("labels") or {}
-    out["annotations"] = m.get("annotations") or {}
+    ts = m.get("creationTimestamp")
+    try:
+        created = Timestamp(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()) if ts else Timestamp(0)
+    except (AttributeError, ValueError):
+        created = Timestamp(0)
+    return {"name": m.get("name", ""), "namespace": m.get("namespace", ""), "uid": m.get("uid", ""),
+            "resourceVersion": m.get("resourceVersion", ""), "creationTimestamp": created,
+            "labels": m.get("labels") or {}, "annotations": m.get("annotations") or {}}
+
+
+def _quantities(rl: Any) -> ResourceList:
+    out = ResourceList()
+    for k, v in (rl or {}).items() if isinstance(rl, dict) else ():
+        try:
+            out[str(k)] = Quantity.parse(str(v))
+        except QuantityError:
+            continue   # the apiserver validates quantities; a bad one is dropped, not fatal
     return out
+
+
+def slim_container(c: dict[str, Any]) -> dict[str, Any]:
+    res = c.get("resources") or {}
+    return {"name": c.get("name", ""), "image": c.get("image", ""),
+            "resources": {"requests": _quantities(res.get("requests")), "limits": _quantities(res.get("limits"))}}
 
 
 def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     spec = pod.get("spec") or {}
-    containers = [{"name": c.get("name", ""), "image": c.get("image", ""), "resources": c.get("resources") or {}}
-                  for c in spec.get("containers") or [] if isinstance(c, dict)]
+    containers = [slim_container(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
     return {"kind": "Pod", "metadata": _slim_meta(pod),
             "spec": {"nodeName": spec.get("nodeName", ""), "containers": containers},
             "status": {"phase": (pod.get("status") or {}).get("phase", "")}}
@@ -53,7 +76,8 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
 def slim_node(node: dict[str, Any]) -> dict[str, Any]:
     st = node.get("status") or {}
     return {"kind": "Node", "metadata": _slim_meta(node),
-            "status": {"capacity": st.get("capacity") or {}, "allocatable": st.get("allocatable") or {}}}
+            "status": {"capacity": _quantities(st.get("capacity")),
+                       "allocatable": _quantities(st.get("allocatable"))}}
 
 
 class ResourceMetrics:

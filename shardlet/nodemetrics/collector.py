@@ -57,6 +57,8 @@ class Timestamp(CelValue):
 
 def _created(obj: Any) -> float:
     ts = ((obj or {}).get("metadata") or {}).get("creationTimestamp") if isinstance(obj, Mapping) else None
+    if isinstance(ts, Timestamp):
+        return ts.seconds
     if not isinstance(ts, str):
         raise CelError("object has no metadata.creationTimestamp")
     try:
@@ -165,12 +167,12 @@ class NodeMetrics:
         if obj.get("kind") == "Node":
             if container is not None:
                 raise TypeError
-            return self._integrate(_name(obj), self.node_usage(resource, _name(obj)))
+            return self.node_cumulative(resource, _name(obj))
         if container is None:
-            return sum(self._container_cumulative(resource, obj, c) for c in self._container_names(obj))
+            return self.pod_cumulative(resource, obj)
         if not isinstance(container, str):
             raise TypeError
-        return self._container_cumulative(resource, obj, container)
+        return self.container_cumulative(resource, obj, container)
 
     def _started(self, node: Any) -> float:
         name = _name(node) if isinstance(node, Mapping) else node
@@ -218,9 +220,15 @@ class NodeMetrics:
     def node_usage(self, resource: str, node: str) -> float:
         return sum(self.pod_usage(resource, p) for p in self.pods(node))
 
-    def _container_cumulative(self, resource: str, pod: Obj, container: str) -> float:
+    def container_cumulative(self, resource: str, pod: Obj, container: str) -> float:
         key = f"{_ns(pod)}/{_name(pod)}/{container}/{resource}"
         return self._integrate(key, self.container_usage(resource, pod, container))
+
+    def pod_cumulative(self, resource: str, pod: Obj) -> float:
+        return sum(self.container_cumulative(resource, pod, c) for c in self._container_names(pod))
+
+    def node_cumulative(self, resource: str, node: str) -> float:
+        return self._integrate(node, self.node_usage(resource, node))
 
     def _integrate(self, key: str, rate: float) -> float:
         now = self.clock()

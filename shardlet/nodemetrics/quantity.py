@@ -9,7 +9,7 @@ import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final
 
-from shardlet.stages.selector import CelError, CelValue
+from shardlet.stages.selector import CelDefaultMap, CelError, CelValue
 
 _SUFFIX: Final = {
     "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
@@ -113,3 +113,13 @@ class Quantity(CelValue):
 
     def __repr__(self) -> str:
         return f"Quantity({self})"
+
+
+class ResourceList(CelDefaultMap):
+    """A pod's requests/limits or a node's capacity: resource name -> Quantity; a resource
+    that is not listed reads as 0, as kwok's cel.ResourceList does."""
+
+    def cel_default(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            raise CelError(f"no such key: {key}")
+        return Quantity(Decimal(0))

@@ -35,6 +35,7 @@ from typing import Any, Final
 from shardlet.stages.jq import JQError, Query, compile_jq
 
 __all__ = [
+    "CelDefaultMap",
     "CelError",
     "CelProgram",
     "CelValue",
@@ -284,9 +285,17 @@ def compile_selector(spec: Any, path: str = "spec.selector") -> Selector | None:
 # kwok's unstructured objects); ``&&``/``||`` absorb errors the CEL way.
 
 
+class CelDefaultMap(dict[str, Any]):
+    """A map whose missing keys have a value (kwok's ResourceList: a zero Quantity)."""
+
+    def cel_default(self, key: Any) -> Any:
+        raise CelError(f"no such key: {key}")
+
+
 class CelValue:
     """A value type an extension brings (kwok's Quantity): it does its own arithmetic
-    (``op`` is ``+ - * / %`` or ``neg``), ordering and double() conversion, raising CelError."""
+    (``op`` is ``+ - * / %`` or ``neg``) and ordering, raising CelError. Like kwok's, it has
+    no double()/string() conversion; ``cel_double`` is for reading a result as a number."""
 
     __slots__ = ()
 
@@ -503,8 +512,6 @@ def _cel_int(v: Any) -> int:
 def _cel_double(v: Any) -> float:
     if _is_num(v):
         return float(v)
-    if isinstance(v, CelValue):
-        return v.cel_double()
     if isinstance(v, str):
         try:
             return float(v)
@@ -524,8 +531,6 @@ def _cel_string(v: Any) -> str:
         return repr(v) if not v.is_integer() else f"{v:.0f}" if abs(v) < 1e21 else repr(v)
     if isinstance(v, Duration):
         return f"{v.ns / 1e9:g}s"
-    if isinstance(v, CelValue):
-        return str(v)
     raise _CelEval(f"no such overload: string({_cel_type(v)})")
 
 
@@ -966,6 +971,8 @@ class _CelCompiler:
             if isinstance(v, Mapping):
                 if isinstance(k, str | int) and not isinstance(k, bool) and k in v:
                     return v[k]
+                if isinstance(v, CelDefaultMap):
+                    return v.cel_default(k)
                 raise _CelEval(f"no such key: {k}")
             raise _CelEval(f"no such overload: index {_cel_type(v)}")
 
