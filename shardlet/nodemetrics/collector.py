@@ -78,6 +78,20 @@ def _float(v: Any) -> float:
     raise CelError(f"cel.AsFloat64 unsupported type: {type(v).__name__}")
 
 
+def _overload(obj: Any, resource: Any, container: Any) -> tuple[str | None, Obj, str | None]:
+    """kwok's Usage/CumulativeUsage overloads: (node, res), (pod, res), (pod, res, container).
+    Returns (node name or None, pod, container name or None); TypeError for any other call."""
+    if not isinstance(obj, Mapping) or not isinstance(resource, str):
+        raise TypeError
+    if obj.get("kind") == "Node":
+        if container is not None:
+            raise TypeError
+        return _name(obj), obj, None
+    if container is not None and not isinstance(container, str):
+        raise TypeError
+    return None, obj, container
+
+
 def _name(o: Obj) -> str:
     return str((o.get("metadata") or {}).get("name", ""))
 
@@ -149,30 +163,16 @@ class NodeMetrics:
             raise CelError(str(e)) from None
 
     def _usage_fn(self, obj: Any, resource: Any, container: Any = None) -> float:
-        if not isinstance(obj, Mapping) or not isinstance(resource, str):
-            raise TypeError
-        if obj.get("kind") == "Node":
-            if container is not None:
-                raise TypeError
-            return self.node_usage(resource, _name(obj))
-        if container is None:
-            return self.pod_usage(resource, obj)
-        if not isinstance(container, str):
-            raise TypeError
-        return self.container_usage(resource, obj, container)
+        node, pod, ctr = _overload(obj, resource, container)
+        if node is not None:
+            return self.node_usage(resource, node)
+        return self.pod_usage(resource, pod) if ctr is None else self.container_usage(resource, pod, ctr)
 
     def _cumulative_fn(self, obj: Any, resource: Any, container: Any = None) -> float:
-        if not isinstance(obj, Mapping) or not isinstance(resource, str):
-            raise TypeError
-        if obj.get("kind") == "Node":
-            if container is not None:
-                raise TypeError
-            return self.node_cumulative(resource, _name(obj))
-        if container is None:
-            return self.pod_cumulative(resource, obj)
-        if not isinstance(container, str):
-            raise TypeError
-        return self.container_cumulative(resource, obj, container)
+        node, pod, ctr = _overload(obj, resource, container)
+        if node is not None:
+            return self.node_cumulative(resource, node)
+        return self.pod_cumulative(resource, pod) if ctr is None else self.container_cumulative(resource, pod, ctr)
 
     def _started(self, node: Any) -> float:
         name = _name(node) if isinstance(node, Mapping) else node
