@@ -259,6 +259,17 @@ class Coordinator:
             last = (code, text)
         return last
 
+    async def metric_targets(self) -> list[tuple[str, str]]:
+        import msgpack
+
+        async def one(a: Any) -> list[tuple[str, str]]:
+            try:
+                return [tuple(t) for t in msgpack.unpackb(await asyncio.wait_for(a.metric_targets.remote(), 10))]
+            except Exception:
+                return []
+        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.ring.shards if s in self.actors))
+        return list(dict.fromkeys(t for p in parts for t in p))   # a path without a node comes from every shard
+
     async def stop(self, release_leases: bool) -> None:
         if self.detached:
             return   # detached shards keep serving; a new coordinator re-adopts them
@@ -280,7 +291,8 @@ def _merge_exposition(parts: list[bytes]) -> bytes:
 
 
 async def serve(coord: Coordinator, status_port: int, release_leases: bool, status_addr: str = "127.0.0.1") -> None:
-    ep = Endpoint(coord.status, coord.metrics, coord.scale, node_metrics=coord.node_metrics)
+    ep = Endpoint(coord.status, coord.metrics, coord.scale, node_metrics=coord.node_metrics,
+                  metric_targets=coord.metric_targets)
     await coord.start()
     port = await ep.start(coord.name, status_port, status_addr)
     log.info("coordinator_ready", name=coord.name, shards=len(coord.ring.shards), epoch=coord.ring.epoch,

@@ -1,6 +1,6 @@
 """The coordinator's small HTTP face on 127.0.0.1: /status (JSON), /metrics (Prometheus text of
 every shard), GET /metrics/nodes/NODE/... (kwok's node resource metrics, from the shard that serves
-NODE), POST /shards?n=N (rebalance). Its address is written to a run file so that
+NODE), GET /discovery/prometheus (their scrape targets, for Prometheus' http_sd), POST /shards?n=N (rebalance). Its address is written to a run file so that
 `shardlet status` and `shardlet shards scale` find it by cluster name."""
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ def run_file(name: str) -> Path:
 class Endpoint:
     def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]], metrics: Callable[[], Awaitable[bytes]],
                  scale: Callable[[int], Awaitable[dict[str, Any]]] | None = None,
-                 node_metrics: Callable[[str], Awaitable[tuple[int, str]]] | None = None) -> None:
+                 node_metrics: Callable[[str], Awaitable[tuple[int, str]]] | None = None,
+                 metric_targets: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None) -> None:
         self._status, self._metrics, self._scale = status, metrics, scale
         self._node_metrics = node_metrics
+        self._metric_targets = metric_targets
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.name = ""
@@ -39,6 +41,7 @@ class Endpoint:
         app.router.add_get("/status", self._h_status)
         app.router.add_get("/metrics", self._h_metrics)
         app.router.add_get("/metrics/{rest:.+}", self._h_node_metrics)
+        app.router.add_get("/discovery/prometheus", self._h_discovery)
         app.router.add_post("/shards", self._h_scale)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -74,6 +77,12 @@ class Endpoint:
         # kubelet's content type: Prometheus text format 0.0.4
         return web.Response(status=code, text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"} if code == 200 else None)
+
+    async def _h_discovery(self, req: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery (http_sd_configs) of the node metrics, as kwok's."""
+        targets = await self._metric_targets() if self._metric_targets is not None else []
+        return web.json_response([{"targets": [req.host], "labels": {
+            "metrics_name": name, "__scheme__": req.scheme, "__metrics_path__": path}} for name, path in targets])
 
     async def _h_scale(self, req: web.Request) -> web.Response:
         if self._scale is None:

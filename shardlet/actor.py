@@ -107,6 +107,9 @@ class ShardActor:
         code, text = self.shard.node_metrics(path) if self.shard else (503, "shard not started\n")
         return msgpack.packb([code, text])
 
+    async def metric_targets(self) -> bytes:
+        return msgpack.packb(self.shard.metric_targets() if self.shard else [])
+
     async def stop(self, release_leases: bool = False) -> bool:
         if self.shard is not None:
             await self.shard.stop(release_leases=release_leases)

@@ -147,6 +147,17 @@ class ResourceMetrics:
         return on
 
     # -- serving ---------------------------------------------------------------------------
+    def discovery(self, serves: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """(Metric name, path) of every scrape target here: one per served node for a path
+        with {nodeName}, as kwok's /discovery/prometheus lists them."""
+        out = []
+        for m in self.collector.metrics.values():
+            if "{nodeName}" in m.path:
+                out.extend((m.name, m.path.replace("{nodeName}", n)) for n in sorted(self.nodes) if serves(n))
+            else:
+                out.append((m.name, m.path))
+        return out
+
     def render(self, path: str, serves: Callable[[str], bool]) -> tuple[int, str]:
         found = self.collector.lookup(path)
         if found is None:

@@ -141,7 +141,9 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
         return bytes(generate_latest(shard.metrics.registry))
     async def node_metrics(path: str) -> tuple[int, str]:
         return shard.node_metrics(path)
-    ep = Endpoint(status, metrics, node_metrics=node_metrics)
+    async def metric_targets() -> list[tuple[str, str]]:
+        return shard.metric_targets()
+    ep = Endpoint(status, metrics, node_metrics=node_metrics, metric_targets=metric_targets)
     port = await ep.start(run_name, status_port, status_addr)
     log.info("coordinator_ready", name=run_name, shards=1, status=f"http://127.0.0.1:{port}/status")
     await stop.wait()

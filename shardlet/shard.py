@@ -583,6 +583,9 @@ class Shard:
             return 404, "node metrics are off (start shardlet with --node-metrics)\n"
         return self.resource_metrics.render(path, self.serves)
 
+    def metric_targets(self) -> list[tuple[str, str]]:
+        return self.resource_metrics.discovery(self.serves) if self.resource_metrics is not None else []
+
     def status(self) -> dict[str, Any]:
         h = self.metrics.lease_lag
         return {

@@ -149,6 +149,10 @@ def test_node_metrics_answered_by_the_owning_shard(monitor: ReadyMonitor, ray_ru
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{ray_run.url()}/metrics/nodes/no-such-node/metrics/resource", timeout=30)
     assert e.value.code == 404
+    # every node is a scrape target exactly once, gathered from all shards
+    with urllib.request.urlopen(f"{ray_run.url()}/discovery/prometheus", timeout=30) as r:
+        paths = [t["labels"]["__metrics_path__"] for t in json.loads(r.read())]
+    assert sorted(paths) == sorted(f"/metrics/nodes/{n}/metrics/resource" for n in names)
 
 
 def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:

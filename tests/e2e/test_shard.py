@@ -343,8 +343,15 @@ def test_node_resource_metrics_follow_usage_objects(nodes: ReadyMonitor, kubectl
         rate = (later[cpu] - first[cpu]) / (t1 - t0)
         assert 3.0 <= rate <= 4.4, rate   # 2 containers x 2 cores, within the scrape-timing slack
         # unknown node: 404, not an empty 200
+        import json
         import urllib.error
         import urllib.request
+        # Prometheus http_sd lists one target per served node, with this endpoint as host
+        with urllib.request.urlopen(f"{base}/discovery/prometheus", timeout=10) as r:
+            targets = json.loads(r.read())
+        paths = [t["labels"]["__metrics_path__"] for t in targets if t["labels"]["metrics_name"] == "metrics-resource"]
+        assert len(paths) == len(set(paths)) >= NODES and f"/metrics/nodes/{node}/metrics/resource" in paths
+        assert targets[0]["targets"] == [base.split("://", 1)[1]]
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{base}/metrics/nodes/no-such-node/metrics/resource", timeout=10)
         assert e.value.code == 404
