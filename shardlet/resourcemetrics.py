@@ -117,14 +117,15 @@ class ResourceMetrics:
 
     def node_gone(self, name: str) -> None:
         self.nodes.pop(name, None)
-        self.collector.forget(name)
+        self.collector.forget_node(name)
 
     def pod_seen(self, key: str, pod: dict[str, Any]) -> None:
         self.pods[key] = slim_pod(pod)
 
     def pod_gone(self, key: str) -> None:
-        if self.pods.pop(key, None) is not None:
-            self.collector.forget(f"{key}/")
+        pod = self.pods.pop(key, None)
+        if pod is not None:
+            self.collector.forget_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     # -- Metric / ResourceUsage / ClusterResourceUsage objects in the cluster --------------
     def reflectors(self, kube: Kube) -> list[Reflector]:

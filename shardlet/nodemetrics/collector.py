@@ -141,9 +141,16 @@ class NodeMetrics:
         else:
             self.usages.pop(f"{namespace or 'default'}/{name}", None)
 
-    def forget(self, prefix: str) -> None:
-        """Drop cumulative counters of a deleted pod ("ns/name/") or node."""
-        for k in [k for k in self._cumulative if k == prefix or k.startswith(prefix)]:
+    def forget_node(self, name: str) -> None:
+        """Drop the cumulative counters of a node that is gone."""
+        self._forget(f"node/{name}/")
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        """Drop the cumulative counters of a pod that is gone."""
+        self._forget(f"pod/{namespace}/{name}/")
+
+    def _forget(self, prefix: str) -> None:
+        for k in [k for k in self._cumulative if k.startswith(prefix)]:
             del self._cumulative[k]
 
     # -- functions -----------------------------------------------------------------------
@@ -221,14 +228,14 @@ class NodeMetrics:
         return sum(self.pod_usage(resource, p) for p in self.pods(node))
 
     def container_cumulative(self, resource: str, pod: Obj, container: str) -> float:
-        key = f"{_ns(pod)}/{_name(pod)}/{container}/{resource}"
+        key = f"pod/{_ns(pod)}/{_name(pod)}/{container}/{resource}"
         return self._integrate(key, self.container_usage(resource, pod, container))
 
     def pod_cumulative(self, resource: str, pod: Obj) -> float:
         return sum(self.container_cumulative(resource, pod, c) for c in self._container_names(pod))
 
     def node_cumulative(self, resource: str, node: str) -> float:
-        return self._integrate(node, self.node_usage(resource, node))
+        return self._integrate(f"node/{node}/{resource}", self.node_usage(resource, node))
 
     def _integrate(self, key: str, rate: float) -> float:
         now = self.clock()

@@ -128,6 +128,22 @@ def test_kwok_metrics_resource_with_usage_from_annotation() -> None:
     assert not r.errors
 
 
+def test_cumulative_counters_are_per_resource_and_forgotten_with_their_object() -> None:
+    r = Rig([pod("p1", ns="n1", ann={"kwok.x-k8s.io/usage-cpu": "1"})])
+    cpu = ("pod_cpu_usage_seconds_total", (("namespace", "n1"), ("pod", "p1")))
+    r.scrape()
+    r.t += 4
+    assert r.scrape()[cpu] == pytest.approx(4.0)
+    r.nm.forget_node("n1")          # a node named like the pod's namespace: the pod keeps its counter
+    r.t += 1
+    assert r.scrape()[cpu] == pytest.approx(5.0)
+    r.nm.forget_pod("n1", "p1")     # the pod is gone; a new pod of that name starts from 0
+    assert r.scrape()[cpu] == 0
+    kinds = {k.split("/")[0] for k in r.nm._cumulative}
+    assert kinds == {"pod", "node"}
+    assert {k for k in r.nm._cumulative if k.startswith("node/")} == {"node/n1/cpu"}
+
+
 def test_resource_usage_beats_cluster_usage_and_names_containers() -> None:
     docs = [*builtin_docs(), {
         "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ResourceUsage",
