@@ -214,8 +214,9 @@ def release(helm_cluster: tuple[Cluster, Path], hk: Kubectl,
 def test_install_creates_every_object(release: Release, hk: Kubectl) -> None:
     assert "STATUS: deployed" in release.install_out
     assert "shardlet scale node --replicas 10" in release.install_out, "NOTES.txt: how to create fake nodes"
-    crd = hk.json("get", "crd", "stages.kwok.x-k8s.io")
-    assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
+    for plural in ("stages", "metrics", "resourceusages", "clusterresourceusages"):
+        crd = hk.json("get", "crd", f"{plural}.kwok.x-k8s.io")
+        assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
     hk.run("get", "serviceaccount", SA, "-n", NS)
     hk.run("get", "service", SA, "-n", NS)
     hk.run("get", "clusterrole", CLUSTER_OBJ)
