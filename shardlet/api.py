@@ -228,12 +228,12 @@ class Kube:
                 raise _api_error(r.status, await r.read(), r.headers.get("Retry-After"))
             buf = b""
             async for chunk in r.content.iter_any():
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        break
-                    line, buf = buf[:nl], buf[nl + 1:]
+                if b"\n" not in chunk:
+                    buf += chunk
+                    continue
+                # one split per chunk: slicing line by line copies the rest of a big chunk per event
+                *lines, buf = (buf + chunk).split(b"\n")
+                for line in lines:
                     if line.strip():
                         yield orjson.loads(line)
 
