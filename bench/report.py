@@ -1,7 +1,8 @@
 """bench/README.md and bench/results/<run>.png from a results file.
 
-The README shows the newest full run (a --quick smoke run only while no full run exists, and
-then under a banner); the plot of every run sits beside its JSON.
+The README shows the newest full run: not --quick and with every scenario (a smoke or partial
+run only while no full run exists, and a smoke run under a banner); the plot of every run sits
+beside its JSON, and every run is listed at the end.
 """
 
 from __future__ import annotations
@@ -18,8 +19,25 @@ HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 
 
+SCENARIOS = ("writer", "ready", "scaling", "steady", "lease-hold", "profile")
+
+
+def _partial(meta: dict[str, Any]) -> list[str]:
+    """The scenarios a run left out (empty for a full run)."""
+    return [s for s in SCENARIOS if s not in (meta.get("scenarios") or SCENARIOS)]
+
+
+def _is_full(p: Path) -> bool:
+    if p.stem.endswith("-quick"):
+        return False
+    try:
+        return not _partial(json.loads(p.read_text())["meta"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def newest_results(d: Path, full_only: bool = False) -> Path | None:
-    files = sorted((p for p in d.glob("*.json") if not (full_only and p.stem.endswith("-quick"))),
+    files = sorted((p for p in d.glob("*.json") if not full_only or _is_full(p)),
                    key=lambda p: p.stem.replace("-quick", ""))
     return files[-1] if files else None
 
@@ -35,7 +53,7 @@ def render(path: Path, readme_path: Path | None = README) -> str:
     except ImportError:
         png = None  # type: ignore[assignment]
     shown, shown_data = path, data
-    if data["meta"].get("quick"):
+    if data["meta"].get("quick") or _partial(data["meta"]):
         full = newest_results(path.parent, full_only=True)
         if full is not None:
             shown, shown_data = full, json.loads(full.read_text())
@@ -354,6 +372,14 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
         tag = " (smoke run)" if f.stem.endswith("-quick") else ""
+        if not tag:
+            try:
+                fmeta = json.loads(f.read_text())["meta"]
+                if _partial(fmeta):
+                    tag = (f" (partial: {', '.join(fmeta.get('scenarios') or [])}; "
+                           f"`{' '.join(fmeta.get('argv') or [])}`)")
+            except (OSError, ValueError, KeyError):
+                pass
         pngs = f" · [plot]({link(f.with_suffix('.png'))})" if f.with_suffix(".png").exists() else ""
         w(f"- [`{f.name}`]({link(f)}){tag}{pngs}")
     w("")
