@@ -20,7 +20,7 @@ import structlog
 
 from coordinator.endpoint import Endpoint
 from coordinator.messages import Slice
-from coordinator.ring import DEFAULT_VNODES, Ring
+from coordinator.ring import DEFAULT_VNODES, Ring, node_owner
 
 log = structlog.get_logger("coordinator.driver")
 
@@ -240,10 +240,11 @@ class Coordinator:
         import msgpack
 
         parts = path.split("/")
-        if path.startswith("/metrics/nodes/") and len(parts) > 3 and self.ring.shards:
-            targets = [self.ring.owner(parts[3])]
-        else:
-            targets = list(self.ring.shards)
+        targets = list(self.ring.shards)
+        if path.startswith("/metrics/nodes/") and len(parts) > 3 and targets:
+            owner = node_owner(self.ring, parts[3], int(msgpack.unpackb(self.config).get("buckets") or 0))
+            targets.remove(owner)
+            targets.insert(0, owner)   # the owner first; the others only answer during a handoff
         last: tuple[int, str] = (404, f"no shard serves {path}\n")
         for sid in targets:
             a = self.actors.get(sid)

@@ -214,6 +214,12 @@ class Ring:
         return f"Ring(epoch={self.epoch}, shards={list(self.shards)!r}, vnodes={self.vnodes})"
 
 
+def node_owner(ring: Ring, node: str, buckets: int = 0) -> str:
+    """The shard that serves ``node``: with bucket labels (``buckets`` > 0) the ring hashes
+    bucket ids and a node belongs to its bucket's owner; otherwise the ring hashes the name."""
+    return ring.owner(f"bucket-{bucket(node, buckets)}" if buckets > 0 else node)
+
+
 def bucket(key: str, buckets: int) -> int:
     """A stable bucket number in ``[0, buckets)`` for ``key`` (e.g. a node label value).
 

@@ -19,7 +19,7 @@ import msgpack
 import structlog
 
 from coordinator.messages import Slice
-from coordinator.ring import Ring, bucket
+from coordinator.ring import Ring, bucket, node_owner
 from shardlet.api import Kube
 from shardlet.shard import Shard, ShardConfig
 
@@ -65,7 +65,7 @@ class ShardActor:
         if nb > 0:
             mine = frozenset(b for b in range(nb) if all(r.owner(f"bucket-{b}") == me for r in rings))
             return (lambda node: bucket(node, nb) in mine), mine
-        return (lambda node: all(r.owner(node) == me for r in rings)), None
+        return (lambda node: all(node_owner(r, node) == me for r in rings)), None
 
     async def assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
