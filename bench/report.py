@@ -130,6 +130,52 @@ def _errors(summary: dict[str, Any]) -> list[str]:
 
 
 # -- the README ------------------------------------------------------------------------------
+def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: list[dict[str, Any]],
+                sims: list[str], sizes: dict[str, Any], writer_max: float | None) -> None:
+    """Scenario 2's capacity table and every step, from one run's records."""
+    w = out.append
+    w(title)
+    w(f"The largest node count that stayed Ready for {sizes.get('hold')} s with 0 NotReady transitions (40 s "
+      "leases, controller-manager with node-monitor-grace-period 50 s); sizes double from "
+      f"{sizes.get('hold_start')} until one fails, then one bisection. A node count N needs N/10 lease "
+      "PUTs/s." + (f" The raw writer's best on this box was {writer_max:,.0f} PUT/s (scenario 5)." if writer_max else "")
+      + "\n")
+    w("| | capacity (nodes) | first failure | lease PUT/s needed | share of raw writer limit | "
+      "simulator CPU-s per 1k nodes per min at capacity |\n|---|---|---|---|---|---|")
+    steps_rows = []
+    for _size, per in summary["lease-hold"].items():
+        for sim in sims:
+            c = per.get(sim)
+            if not c:
+                continue
+            cap = _med(c, "capacity_nodes")
+            capped = _med(c, "capped")
+            frac = f"{100 * cap / 10 / writer_max:.0f}%" if cap and writer_max else "-"
+            w(f"| {label(sim)} | {_num(cap)}{' (≥, hit hold_max)' if capped else ''} | "
+              f"{_num(_med(c, 'first_failure_nodes'))} | {_num(cap / 10 if cap else None)} | {frac} | "
+              f"{_num(_med(c, 'capacity_sim_cpu_per_1k_nodes_min'))} |")
+    for r in records:
+        if r["scenario"] != "lease-hold":
+            continue
+        for s in r["x"].get("steps", []):
+            steps_rows.append(
+                f"| {label(r['sim'])} | {s['nodes']:,}{' (bisect)' if s.get('bisect') else ''} | "
+                f"{'held' if s.get('ok') else 'FAILED'} | {_num(s.get('ready_s'))} | {_num(s.get('lease_puts_per_s'))} "
+                f"/ {_num(s.get('expected_puts_per_s'))} | {_num(s.get('lease_age_max_s'))} | "
+                f"{_num(s.get('shardlet_lease_lag_p99_s'))} | {s.get('transitions', '-')} | "
+                f"{s.get('ramp_transitions', '-')} | "
+                f"{_num(s.get('sim_cpu_per_1k_nodes_min'))} | {s.get('reason', '')} |")
+    if steps_rows:
+        w("\n<details><summary>Every step</summary>\n")
+        w("| simulator | nodes | result | Ready after (s) | lease PUT/s seen / needed | oldest lease renewTime (s) "
+          "| shardlet lease lag p99 (s) | NotReady transitions (hold) | (while adding nodes) "
+          "| sim CPU-s / 1k nodes / min | why |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.extend(steps_rows)
+        w("\n</details>\n")
+    w("\n".join(_errors(summary["lease-hold"])))
+    w("")
+
 def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> str:
     meta = data["meta"]
     records = data.get("records", [])
@@ -219,47 +265,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     # 2. lease-hold
     writer_max = _writer_max(summary)
     if "lease-hold" in summary:
-        w("### 2. Lease-hold capacity\n")
-        w(f"The largest node count that stayed Ready for {sizes.get('hold')} s with 0 NotReady transitions (40 s "
-          "leases, controller-manager with node-monitor-grace-period 50 s); sizes double from "
-          f"{sizes.get('hold_start')} until one fails, then one bisection. A node count N needs N/10 lease "
-          "PUTs/s." + (f" The raw writer's best on this box was {writer_max:,.0f} PUT/s (scenario 5)." if writer_max else "")
-          + "\n")
-        w("| | capacity (nodes) | first failure | lease PUT/s needed | share of raw writer limit | "
-          "simulator CPU-s per 1k nodes per min at capacity |\n|---|---|---|---|---|---|")
-        steps_rows = []
-        for _size, per in summary["lease-hold"].items():
-            for sim in sims:
-                c = per.get(sim)
-                if not c:
-                    continue
-                cap = _med(c, "capacity_nodes")
-                capped = _med(c, "capped")
-                frac = f"{100 * cap / 10 / writer_max:.0f}%" if cap and writer_max else "-"
-                w(f"| {label(sim)} | {_num(cap)}{' (≥, hit hold_max)' if capped else ''} | "
-                  f"{_num(_med(c, 'first_failure_nodes'))} | {_num(cap / 10 if cap else None)} | {frac} | "
-                  f"{_num(_med(c, 'capacity_sim_cpu_per_1k_nodes_min'))} |")
-        for r in records:
-            if r["scenario"] != "lease-hold":
-                continue
-            for s in r["x"].get("steps", []):
-                steps_rows.append(
-                    f"| {label(r['sim'])} | {s['nodes']:,}{' (bisect)' if s.get('bisect') else ''} | "
-                    f"{'held' if s.get('ok') else 'FAILED'} | {_num(s.get('ready_s'))} | {_num(s.get('lease_puts_per_s'))} "
-                    f"/ {_num(s.get('expected_puts_per_s'))} | {_num(s.get('lease_age_max_s'))} | "
-                    f"{_num(s.get('shardlet_lease_lag_p99_s'))} | {s.get('transitions', '-')} | "
-                    f"{s.get('ramp_transitions', '-')} | "
-                    f"{_num(s.get('sim_cpu_per_1k_nodes_min'))} | {s.get('reason', '')} |")
-        if steps_rows:
-            w("\n<details><summary>Every step</summary>\n")
-            w("| simulator | nodes | result | Ready after (s) | lease PUT/s seen / needed | oldest lease renewTime (s) "
-              "| shardlet lease lag p99 (s) | NotReady transitions (hold) | (while adding nodes) "
-              "| sim CPU-s / 1k nodes / min | why |")
-            w("|---|---|---|---|---|---|---|---|---|---|---|")
-            out.extend(steps_rows)
-            w("\n</details>\n")
-        w("\n".join(_errors(summary["lease-hold"])))
-        w("")
+        _lease_hold(out, "### 2. Lease-hold capacity\n", summary, records, sims, sizes, writer_max)
     # 3. steady
     if "steady" in summary:
         w("### 3. Steady-state cost\n")
@@ -368,6 +374,22 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
             w(f"- **{label(sim)}** ({len(lst)} runs with some; {tb} tracebacks): " +
               "; ".join(f"`{k}` x{v}" for k, v in top))
         w("")
+    # later partial runs: their lease-hold tables (other scenarios are in their JSON)
+    for f in sorted(results_dir.glob("*.json")):
+        if f.stem.endswith("-quick") or f.stem.replace("-quick", "") <= path.stem.replace("-quick", ""):
+            continue
+        try:
+            later = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        lsum = summarize(later.get("records", []))
+        if not _partial(later["meta"]) or "lease-hold" not in lsum:
+            continue
+        w(f"## Later partial run: `{link(f)}`\n")
+        w(f"Started {later['meta'].get('started', '')}; command `python -m bench {' '.join(later['meta'].get('argv') or [])}`; "
+          "same machine and flags as above.\n")
+        _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),
+                    list(later["meta"].get("sims", [])), later["meta"].get("sizes", {}), writer_max)
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
