@@ -33,6 +33,7 @@ class Coordinator:
         self.name = name
         self.want = shards
         self.config = config
+        self.buckets = int(msgpack.unpackb(config).get("buckets") or 0)   # how nodes map to ring keys
         self.kubeconfig_text = kubeconfig_text
         self.detached = detached
         self.vnodes = vnodes
@@ -237,12 +238,10 @@ class Coordinator:
 
     async def node_metrics(self, path: str) -> tuple[int, str]:
         """Ask the shard that owns the node in the path; paths without a node go to every shard."""
-        import msgpack
-
         parts = path.split("/")
         targets = list(self.ring.shards)
         if path.startswith("/metrics/nodes/") and len(parts) > 3 and targets:
-            owner = node_owner(self.ring, parts[3], int(msgpack.unpackb(self.config).get("buckets") or 0))
+            owner = node_owner(self.ring, parts[3], self.buckets)
             targets.remove(owner)
             targets.insert(0, owner)   # the owner first; the others only answer during a handoff
         last: tuple[int, str] = (404, f"no shard serves {path}\n")
@@ -261,8 +260,6 @@ class Coordinator:
         return last
 
     async def metric_targets(self) -> list[tuple[str, str]]:
-        import msgpack
-
         async def one(a: Any) -> list[tuple[str, str]]:
             try:
                 return [tuple(t) for t in msgpack.unpackb(await asyncio.wait_for(a.metric_targets.remote(), 10))]

@@ -7,7 +7,6 @@ Off unless asked for (``--node-metrics``): the shard otherwise keeps no pod obje
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -41,7 +40,7 @@ def _slim_meta(obj: dict[str, Any]) -> dict[str, Any]:
     m = _meta(obj)
     ts = m.get("creationTimestamp")
     try:
-        created = Timestamp(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()) if ts else Timestamp(0)
+        created = Timestamp.parse(ts) if ts else Timestamp(0)
     except (AttributeError, ValueError):
         created = Timestamp(0)
     return {"name": m.get("name", ""), "namespace": m.get("namespace", ""), "uid": m.get("uid", ""),

@@ -54,6 +54,11 @@ class Timestamp(CelValue):
     def __str__(self) -> str:
         return dt.datetime.fromtimestamp(self.seconds, dt.UTC).isoformat().replace("+00:00", "Z")
 
+    @classmethod
+    def parse(cls, s: str) -> Timestamp:
+        """An RFC 3339 time as the apiserver writes it ("2026-11-01T10:00:00Z"); ValueError if not."""
+        return cls(dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp())
+
 
 def _created(obj: Any) -> float:
     ts = ((obj or {}).get("metadata") or {}).get("creationTimestamp") if isinstance(obj, Mapping) else None
@@ -62,7 +67,7 @@ def _created(obj: Any) -> float:
     if not isinstance(ts, str):
         raise CelError("object has no metadata.creationTimestamp")
     try:
-        return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        return Timestamp.parse(ts).seconds
     except ValueError:
         raise CelError(f"invalid creationTimestamp {ts!r}") from None
 

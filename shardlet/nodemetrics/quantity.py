@@ -31,7 +31,7 @@ def parse_quantity(s: str) -> Decimal:
     if not isinstance(s, str):
         raise QuantityError(f"quantity must be a string, got {type(s).__name__}")
     m = _QUANTITY.fullmatch(s.strip())
-    if m is None or not s.strip():
+    if m is None:
         raise QuantityError(f"quantities must match the regular expression "
                             f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {s!r}")
     try:
