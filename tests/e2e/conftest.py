@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -73,6 +74,9 @@ def kubectl(cluster: Cluster) -> Kubectl:
     return Kubectl(cluster.kubeconfig)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class ShardletProcess:
     """`shardlet run` against the session cluster, as a user would start it."""
 
@@ -84,17 +88,25 @@ class ShardletProcess:
             stdout=self.logf, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def events(self) -> list[dict[str, Any]]:
+        """JSON log lines of the runner and (behind Ray's "(ShardActor pid=N)" prefix) of its shards."""
         out = []
-        for line in self.log_path.read_bytes().splitlines():
+        for raw in self.log_path.read_bytes().decode(errors="replace").splitlines():
+            line = _ANSI.sub("", raw)
+            i = line.find("{")
+            if i < 0 or not line.rstrip().endswith("}"):
+                continue
             try:
-                out.append(orjson.loads(line))
+                out.append(orjson.loads(line[i:]))
             except orjson.JSONDecodeError:
                 continue
         return out
 
+    def tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
     def wait_for(self, event: str, timeout: float = 120, **match: Any) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
-            assert self.proc.poll() is None, f"shardlet exited: {self.log_path.read_text()[-2000:]}"
+            assert self.proc.poll() is None, f"shardlet exited: {self.tail()}"
             for e in self.events():
                 if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
                     return e

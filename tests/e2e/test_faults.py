@@ -46,7 +46,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, alive
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 
-from .conftest import SHARDLET, Kubectl, node_ready, poll
+from .conftest import SHARDLET, Kubectl, ShardletProcess, node_ready, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -165,11 +165,9 @@ def _metric(series: list[tuple[str, dict[str, str], float]], name: str, **labels
     return sum(v for n, lb, v in series if n == name and all(lb.get(k) == x for k, x in labels.items()))
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class Run:
-    """`shardlet run` as a user starts it (own session, JSON log), with the log to read back."""
+class Run(ShardletProcess):
+    """`shardlet run` as a user starts it (own session, JSON log), with the log to read back
+    (events, wait_for and tail are ShardletProcess's)."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, name: str, *args: str, env: dict[str, str] | None = None,
                  log_level: str = "info") -> None:
@@ -183,33 +181,6 @@ class Run:
             stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
                  **(env or {})})
-
-    def events(self) -> list[dict[str, Any]]:
-        """JSON log lines of the runner and (behind Ray's "(ShardActor pid=N)" prefix) of its shards."""
-        out = []
-        for raw in self.log_path.read_bytes().decode(errors="replace").splitlines():
-            line = _ANSI.sub("", raw)
-            i = line.find("{")
-            if i < 0 or not line.rstrip().endswith("}"):
-                continue
-            try:
-                out.append(orjson.loads(line[i:]))
-            except orjson.JSONDecodeError:
-                continue
-        return out
-
-    def wait_for(self, event: str, timeout: float = 120, **match: Any) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            assert self.proc.poll() is None, f"shardlet exited: {self.tail()}"
-            for e in self.events():
-                if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
-                    return e
-            return None
-        found: dict[str, Any] = poll(find, timeout, what=f"log event {event} {match}")
-        return found
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:]
 
     def url(self) -> str:
         return str(orjson.loads(run_file(self.name).read_bytes())["url"])
@@ -641,17 +612,23 @@ def _etcd(env: Env, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return err
 
 
-async def _churn(c: Cluster, ns: str, names: list[str], value: str) -> None:
+async def _each(c: Cluster, names: list[str], call: Callable[[Kube, str], Awaitable[Any]]) -> None:
+    """call(kube, name) for every name, 64 in flight, on a client of its own."""
     kube = Kube.from_kubeconfig(str(c.kubeconfig), max_connections=64)
     sem = asyncio.Semaphore(64)
 
     async def one(n: str) -> None:
         async with sem:
-            await kube.patch(f"/api/v1/namespaces/{ns}/pods/{n}", {"metadata": {"annotations": {"churn": value}}})
+            await call(kube, n)
     try:
         await asyncio.gather(*(one(n) for n in names))
     finally:
         await kube.close()
+
+
+async def _churn(c: Cluster, ns: str, names: list[str], value: str) -> None:
+    await _each(c, names, lambda kube, n: kube.patch(f"/api/v1/namespaces/{ns}/pods/{n}",
+                                                     {"metadata": {"annotations": {"churn": value}}}))
 
 
 def test_etcd_compaction_forces_one_relist_per_watch(env: Env, main_run: Run, monitor: FaultMonitor) -> None:
@@ -722,17 +699,9 @@ def _seats(env: Env, level: str) -> float | None:
 
 
 async def _create_pods(c: Cluster, ns: str, names: list[str], spec: dict[str, Any]) -> None:
-    kube = Kube.from_kubeconfig(str(c.kubeconfig), max_connections=64)
-    sem = asyncio.Semaphore(64)
-
-    async def one(n: str) -> None:
-        async with sem:
-            await kube.retrying(lambda: kube.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": n}, "spec": spec}),
-                                what=f"create pod {n}")
-    try:
-        await asyncio.gather(*(one(n) for n in names))
-    finally:
-        await kube.close()
+    await _each(c, names, lambda kube, n: kube.retrying(
+        lambda: kube.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": n}, "spec": spec}),
+        what=f"create pod {n}"))
 
 
 def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor: FaultMonitor) -> None:

@@ -15,9 +15,6 @@ and Nodes; for them the expected type is adjusted accordingly.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,34 +24,15 @@ import pytest
 from shardlet.stages.engine import Apply, Delete, Event, Patch, StageEngine, yaml_to_json
 from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml
 
-KWOK = "sigs.k8s.io/kwok@v0.8.0"
+from .kwok_source import KWOK, kwok_stage_dir
+
 NOW = 1136214245.0  # kwok's stage_test.go clock: 2006-01-02T15:04:05Z
 
 
-def _modcache() -> Path | None:
-    candidates: list[str] = []
-    go = shutil.which("go")
-    if go:
-        try:
-            out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, timeout=30)
-            if out.returncode == 0 and out.stdout.strip():
-                candidates.append(out.stdout.strip())
-        except (OSError, subprocess.SubprocessError):
-            pass
-    if os.environ.get("GOMODCACHE"):
-        candidates.append(os.environ["GOMODCACHE"])
-    candidates.append(str(Path(os.environ.get("GOPATH", str(Path.home() / "go"))) / "pkg" / "mod"))
-    for c in candidates:
-        p = Path(c) / KWOK / "kustomize" / "stage"
-        if p.is_dir():
-            return p
-    return None
-
-
-STAGE_DIR = _modcache()
+STAGE_DIR = kwok_stage_dir()
 pytestmark = pytest.mark.skipif(
     STAGE_DIR is None,
-    reason=f"kwok source not found: {KWOK} is not in the Go module cache (go mod download {KWOK.replace('@', '@')})",
+    reason=f"kwok source not found: {KWOK} is not in the Go module cache (go mod download {KWOK})",
 )
 
 

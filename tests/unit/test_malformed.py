@@ -22,11 +22,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import ipaddress
-import os
 import random
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +47,8 @@ from shardlet.stages.jq import JQError, compile_jq
 from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
 from shardlet.stages.selector import SelectorError, compile_selector
 from shardlet.watch import Reflector, obj_key
+
+from .kwok_source import kwok_stage_dir
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
                     derandomize=True)
@@ -272,25 +271,7 @@ def test_broken_yaml_is_one_error_with_its_position() -> None:
 
 
 # -- kwok's own stage YAMLs, mutated -----------------------------------------------------------
-def _kwok_stage_dir() -> Path | None:
-    candidates = []
-    go = shutil.which("go")
-    if go:
-        try:
-            out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, timeout=30)
-            if out.returncode == 0 and out.stdout.strip():
-                candidates.append(out.stdout.strip())
-        except (OSError, subprocess.SubprocessError):
-            pass
-    candidates += [os.environ.get("GOMODCACHE", ""), str(Path.home() / "go" / "pkg" / "mod")]
-    for c in filter(None, candidates):
-        p = Path(c) / "sigs.k8s.io" / "kwok@v0.8.0" / "kustomize" / "stage"
-        if p.is_dir():
-            return p
-    return None
-
-
-KWOK_DIR = _kwok_stage_dir()
+KWOK_DIR = kwok_stage_dir()
 
 
 def _kwok_docs() -> list[dict[str, Any]]:
@@ -565,11 +546,12 @@ def _node_mutants(rng: random.Random, n: int) -> list[dict[str, Any]]:
          "status": {"addresses": "1.2.3.4", "conditions": "Ready"}},
         [1, 2], "node", 5, None,
     ]
-    out = list(fixed)
-    base = _node("junk-m")
-    while len(out) < n:
-        out.append(_mutants(base, rng))
-    return out
+    return _padded(fixed, _node("junk-m"), rng, n)
+
+
+def _padded(fixed: list[Any], base: dict[str, Any], rng: random.Random, n: int) -> list[Any]:
+    """The hand-written cases, then random mutants of `base` up to n in all."""
+    return [*fixed, *(_mutants(base, rng) for _ in range(n - len(fixed)))]
 
 
 def _pod_mutants(rng: random.Random, n: int) -> list[Any]:
@@ -586,11 +568,7 @@ def _pod_mutants(rng: random.Random, n: int) -> list[Any]:
          "status": {"podIP": "garbage", "podIPs": [{"ip": "garbage"}]}},
         [1], "pod", None,
     ]
-    out = list(fixed)
-    base = _pod("junk-m")
-    while len(out) < n:
-        out.append(_mutants(base, rng))
-    return out
+    return _padded(fixed, _pod("junk-m"), rng, n)
 
 
 def _stage_mutants(rng: random.Random, n: int) -> list[Any]:
