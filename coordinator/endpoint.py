@@ -1,7 +1,8 @@
 """The coordinator's small HTTP face on 127.0.0.1: /status (JSON), /metrics (Prometheus text of
-every shard), GET /metrics/nodes/NODE/... (kwok's node resource metrics, from the shard that serves
-NODE), GET /discovery/prometheus (their scrape targets, for Prometheus' http_sd), POST /shards?n=N (rebalance). Its address is written to a run file so that
-`shardlet status` and `shardlet shards scale` find it by cluster name."""
+every shard), /metrics/nodes/NODE/... (kwok's node resource metrics, from the shard that serves
+NODE), /discovery/prometheus (their scrape targets, for Prometheus' http_sd), POST /shards?n=N
+(rebalance). Its address is written to a run file so that `shardlet status` and `shardlet shards
+scale` find it by cluster name."""
 
 from __future__ import annotations
 

@@ -214,10 +214,15 @@ class Ring:
         return f"Ring(epoch={self.epoch}, shards={list(self.shards)!r}, vnodes={self.vnodes})"
 
 
+def bucket_key(b: int) -> str:
+    """The ring key of bucket ``b`` (bucket-labelled slices hash buckets, not node names)."""
+    return f"bucket-{b}"
+
+
 def node_owner(ring: Ring, node: str, buckets: int = 0) -> str:
     """The shard that serves ``node``: with bucket labels (``buckets`` > 0) the ring hashes
     bucket ids and a node belongs to its bucket's owner; otherwise the ring hashes the name."""
-    return ring.owner(f"bucket-{bucket(node, buckets)}" if buckets > 0 else node)
+    return ring.owner(bucket_key(bucket(node, buckets)) if buckets > 0 else node)
 
 
 def bucket(key: str, buckets: int) -> int:

@@ -19,7 +19,7 @@ import msgpack
 import structlog
 
 from coordinator.messages import Slice
-from coordinator.ring import Ring, bucket, node_owner
+from coordinator.ring import Ring, bucket, bucket_key, node_owner
 from shardlet.api import Kube
 from shardlet.shard import Shard, ShardConfig
 
@@ -63,7 +63,7 @@ class ShardActor:
         me = self.id
         nb = self.cfg.buckets
         if nb > 0:
-            mine = frozenset(b for b in range(nb) if all(r.owner(f"bucket-{b}") == me for r in rings))
+            mine = frozenset(b for b in range(nb) if all(r.owner(bucket_key(b)) == me for r in rings))
             return (lambda node: bucket(node, nb) in mine), mine
         return (lambda node: all(node_owner(r, node) == me for r in rings)), None
 

@@ -76,12 +76,10 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
 
 def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardConfig:
     profiles = tuple(p.strip() for p in args.profile.split(",") if p.strip() and p.strip() != "none")
-    for f in args.stage_file:
-        if not Path(f).is_file():
-            raise UserError(f"--stage-file {f}: no such file")
-    for f in args.metric_file:
-        if not Path(f).is_file():
-            raise UserError(f"--metric-file {f}: no such file")
+    for flag, files in (("--stage-file", args.stage_file), ("--metric-file", args.metric_file)):
+        for f in files:
+            if not Path(f).is_file():
+                raise UserError(f"{flag} {f}: no such file")
     sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")

@@ -29,7 +29,7 @@ from shardlet.nodemetrics.model import (
     compile_docs,
 )
 from shardlet.nodemetrics.quantity import Quantity, QuantityError
-from shardlet.stages.selector import CelError, CelProgram, CelValue
+from shardlet.stages.selector import CelError, CelValue
 
 Obj = Mapping[str, Any]
 
@@ -72,7 +72,7 @@ def _created(obj: Any) -> float:
         raise CelError(f"invalid creationTimestamp {ts!r}") from None
 
 
-def _float(v: Any) -> float:
+def as_float(v: Any) -> float:
     """kwok's cel.AsFloat64."""
     if isinstance(v, bool):
         return 1.0 if v else 0.0
@@ -221,7 +221,7 @@ class NodeMetrics:
             return 0.0
         c = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == container), None)
         try:
-            return _float(v.expression.eval_vars({"node": node, "pod": pod, "container": c}))
+            return as_float(v.expression.eval_vars({"node": node, "pod": pod, "container": c}))
         except CelError as e:
             self._error(f"pod \"{_ns(pod)}/{_name(pod)}\" container {container!r}: usage {resource}: {e}")
             return 0.0
@@ -294,8 +294,8 @@ class NodeMetrics:
             labels.append((lb.name, v))
         if mc.kind != "histogram":
             assert mc.value is not None
-            return [f"{mc.name}{_labels(labels)} {_num(_float(mc.value.eval_vars(data)))}"]
-        counts = [(b.le, b.hidden, _float(b.value.eval_vars(data))) for b in mc.buckets]
+            return [f"{mc.name}{_labels(labels)} {_num(as_float(mc.value.eval_vars(data)))}"]
+        counts = [(b.le, b.hidden, as_float(b.value.eval_vars(data))) for b in mc.buckets]
         counts.sort(key=lambda x: x[0])
         lines, acc, total_sum = [], 0, 0.0
         for le, hidden, c in counts:
@@ -348,4 +348,4 @@ def _num(v: float) -> str:
     return repr(v)
 
 
-__all__ = ["CelProgram", "NodeMetrics", "NodeMetricsError", "Timestamp"]
+__all__ = ["NodeMetrics", "NodeMetricsError", "Timestamp", "as_float"]

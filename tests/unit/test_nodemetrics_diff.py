@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shardlet.nodemetrics.collector import NodeMetrics
+from shardlet.nodemetrics.collector import NodeMetrics, as_float
 from shardlet.nodemetrics.model import VARIABLES
 from shardlet.resourcemetrics import slim_node, slim_pod
 from shardlet.stages.selector import CelError, compile_cel
@@ -179,8 +179,7 @@ def py_eval(nm: Mirror, case: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(v, str):
                 return {"out": None, "err": f"cel.AsString unsupported type: {type(v).__name__}"}
             return {"out": v, "err": ""}
-        from shardlet.nodemetrics.collector import _float
-        return {"out": _float(v), "err": ""}
+        return {"out": as_float(v), "err": ""}
     except CelError as e:
         return {"out": None, "err": str(e) or "error"}
 
