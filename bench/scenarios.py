@@ -34,6 +34,7 @@ from bench.workload import (
     pod_name,
     probe,
     request_delta,
+    settle,
     wait_default_sa,
     wait_for,
 )
@@ -260,6 +261,7 @@ async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[s
         bench.log(f"    {n} nodes Ready in {m['nodes_ready_s']:.1f}s (created in {c['create_s']:.1f}s)")
         if not pods or pw is None:
             return
+        m["nodes_settle_s"] = await settle(nw, bench.log, env.sim_alive)
         # pods, bound round-robin
         ph = await env.phase().begin()
         series = []
@@ -469,7 +471,7 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
 # -- 3. steady state: CPU and memory ---------------------------------------------------------
 async def scenario_steady(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
     n, pods = int(bench.sizes["steady_nodes"]), int(bench.sizes["steady_pods"])
-    window, settle = float(bench.sizes["window"]), float(bench.sizes["settle"])
+    window, settle_s = float(bench.sizes["window"]), float(bench.sizes["settle"])
     rec = record("steady", sim, rep, {"nodes": n, "pods": pods, "window_s": window})
     m, x = rec["m"], rec["x"]
     bench.log(f"  [steady] {label(sim)}: {n} idle nodes for {window:.0f}s, then {pods} pods")
@@ -482,7 +484,8 @@ async def scenario_steady(bench: Bench, sim: str, rep: int) -> list[dict[str, An
                 await bounded_call(create_nodes(env.kube, 0, n, bench.concurrency), n, "create nodes")
                 await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n, lambda: f"{len(nw.ready)}/{n}",
                                _ready_timeout(n), bench.log, env.sim_alive)
-                await asyncio.sleep(settle)
+                m["nodes_settle_s"] = await settle(nw, bench.log, env.sim_alive)
+                await asyncio.sleep(settle_s)
                 base = len(nw.transitions)
                 ph = await env.phase().begin()
                 await asyncio.sleep(window)

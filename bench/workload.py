@@ -105,14 +105,21 @@ async def delete_pods(kube: Kube, names: list[str], concurrency: int = 64) -> di
     return {"t0": t0, "t1": t1, "request_s": round(t1 - t0, 3), "count": len(names)}
 
 
+# taints the apiserver (TaintNodesByCondition) and the node lifecycle controller put on a node that
+# is not Ready yet; kube-controller-manager removes them after the node turns Ready
+LIFECYCLE_TAINTS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
+
+
 class NodeWatch:
-    """Ready nodes among node-*, with the time each first became Ready and every Ready->not-Ready."""
+    """Ready nodes among node-*, with the time each first became Ready and every Ready->not-Ready,
+    and which still carry a node-lifecycle taint (the controller-manager has not caught up)."""
 
     def __init__(self, kube: Kube) -> None:
         self.ready: set[str] = set()
         self.first_ready: dict[str, float] = {}
         self.exists: set[str] = set()
         self.transitions: list[tuple[float, str]] = []   # (monotonic time, node) of Ready -> not Ready
+        self.tainted: set[str] = set()
         self.reflector = Reflector(kube, "/api/v1/nodes", self._on, name="bench-nodes",
                                    label_selector=f"{SCALE_LABEL}=node")
         self.task: asyncio.Task[None] | None = None
@@ -123,8 +130,13 @@ class NodeWatch:
         if typ == "DELETED":
             self.exists.discard(name)
             self.ready.discard(name)
+            self.tainted.discard(name)
             return
         self.exists.add(name)
+        if any(t.get("key") in LIFECYCLE_TAINTS for t in (node.get("spec") or {}).get("taints") or []):
+            self.tainted.add(name)
+        else:
+            self.tainted.discard(name)
         if is_ready(node):
             self.ready.add(name)
             self.first_ready.setdefault(name, now)
@@ -179,6 +191,17 @@ class PodWatch:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def settle(nw: NodeWatch, log: Callable[[str], None], alive: Callable[[], bool] | None = None,
+                 timeout: float = 300.0) -> float:
+    """Wait until kube-controller-manager has caught up with the Ready nodes (no lifecycle taint
+    left), so that the next phase does not pay for the controller's backlog from this one: a
+    simulator that makes nodes Ready faster leaves more of that backlog behind. Returns seconds."""
+    t0 = time.monotonic()
+    await wait_for("node-lifecycle taints removed", lambda: not nw.tainted,
+                   lambda: f"{len(nw.tainted)} nodes still tainted", timeout, log, alive)
+    return round(time.monotonic() - t0, 3)
 
 
 async def wait_for(what: str, done: Callable[[], bool], progress: Callable[[], str], timeout: float,

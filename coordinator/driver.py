@@ -21,6 +21,7 @@ import structlog
 from coordinator.endpoint import Endpoint
 from coordinator.messages import Slice
 from coordinator.ring import DEFAULT_VNODES, Ring, node_owner
+from shardlet import aio
 
 log = structlog.get_logger("coordinator.driver")
 
@@ -325,7 +326,7 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, r
     coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text,
                         detached=bool(ray_address), shard_cpus=shard_cpus)
     try:
-        asyncio.run(serve(coord, status_port, release_leases, status_addr))
+        aio.run(serve(coord, status_port, release_leases, status_addr))
     finally:
         ray.shutdown()
     return 0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from shardlet import aio
 from shardlet.errors import UserError
 from shardlet.shard import FAKE_ANNOTATION, ShardConfig
 
@@ -158,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--shards {args.shards}: must be at least 1")
     if args.shards == 1 and not args.ray_address:
         try:
-            asyncio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
+            aio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
                                    args.name, args.status_port, args.status_addr))
         except (OSError, ValueError) as e:
             raise UserError(f"run: {e}") from None

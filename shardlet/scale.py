@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 import yaml
 
+from shardlet import aio
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.errors import UserError
 from shardlet.watch import Reflector
@@ -354,7 +355,7 @@ def _scale(args: argparse.Namespace) -> int:
                                     concurrency=args.concurrency, wait=not args.no_wait, timeout=args.timeout)
         finally:
             await kube.close()
-    print(asyncio.run(go()), flush=True)
+    print(aio.run(go()), flush=True)
     return 0
 
 

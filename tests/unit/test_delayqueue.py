@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from shardlet.delayqueue import DelayQueue
 
@@ -72,3 +73,54 @@ async def test_concurrency_bound_and_failures_do_not_stop_the_queue() -> None:
     await _run_until(q, done)
     assert peak == 4
     assert time.monotonic() - t0 >= 0.09   # 40 jobs of 10 ms, 4 at a time
+
+
+async def test_tick_releases_items_due_within_one_tick_together_never_early() -> None:
+    tick = 0.2
+    ran: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def run(key: str, _item: int, due: float) -> None:
+        ran[key] = time.monotonic()
+        assert ran[key] >= due, "never before it is due"
+        if len(ran) == 7:
+            done.set()
+    q: DelayQueue[str, int] = DelayQueue(run, tick=tick)
+    t = asyncio.create_task(q.run())
+    await asyncio.sleep(0)
+    start = time.monotonic()
+    q.put("now", 0, 0.0)                      # no delay: runs at once, not at the next tick
+    await asyncio.wait_for(_until(lambda: "now" in ran), 1)
+    assert ran["now"] - start < tick / 2
+    # due at spread times inside one tick: they leave together at that tick's end
+    base = (int(time.monotonic() / tick) + 2) * tick
+    for i in range(6):
+        q.put(f"k{i}", i, base + 0.01 + 0.03 * i - time.monotonic())
+    try:
+        await asyncio.wait_for(done.wait(), 3)
+    finally:
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+    times = [ran[f"k{i}"] for i in range(6)]
+    assert max(times) - min(times) < 0.05, times
+    assert min(times) >= base + tick - 0.001, (min(times), base + tick)
+
+
+async def test_no_tick_runs_each_item_when_due() -> None:
+    ran: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def run(key: str, _item: int, _due: float) -> None:
+        ran[key] = time.monotonic()
+        if len(ran) == 2:
+            done.set()
+    q: DelayQueue[str, int] = DelayQueue(run)
+    q.put("a", 0, 0.02)
+    q.put("b", 0, 0.15)
+    await _run_until(q, done)
+    assert ran["b"] - ran["a"] > 0.1
+
+
+async def _until(cond: Callable[[], bool], step: float = 0.005) -> None:
+    while not cond():
+        await asyncio.sleep(step)
