@@ -130,6 +130,37 @@ def _errors(summary: dict[str, Any]) -> list[str]:
 
 
 # -- the README ------------------------------------------------------------------------------
+def _ready(out: list[str], title: str, summary: dict[str, Any], sims: list[str]) -> None:
+    """Scenario 1's tables (one per size), from one run's summary."""
+    w = out.append
+    w(title)
+    w("Seconds from the first create request (simulator already serving) until all are Ready / Running / gone. "
+      "Ratio columns: shardlet ÷ kwok (below 1: shardlet faster / cheaper).\n")
+    for size, cells in sorted(summary["ready"].items(), key=lambda kv: _size_n(kv[0])):
+        n, p = _size_val(size, "nodes"), _size_val(size, "pods")
+        rows = [("nodes_ready_s", f"{n:,} nodes Ready (s)"), ("nodes_create_s", "… creating them took (s)"),
+                ("nodes_after_created_s", "… Ready after the last create (s)"),
+                ("nodes_sim_cpu_s", "simulator CPU-s, nodes phase"),
+                ("nodes_sim_cpu_with_ray_s", "… with Ray's daemons"),
+                ("nodes_apiserver_cpu_s", "apiserver CPU-s, nodes phase")]
+        if p:
+            rows += [("nodes_settle_s", "controller-manager caught up after that (s, untimed)"),
+                     ("pods_running_s", f"{p:,} pods Running (s)"), ("pods_create_s", "… creating them took (s)"),
+                     ("pods_after_created_s", "… Running after the last create (s)"),
+                     ("pods_deleted_s", f"{p:,} pods deleted (s)"),
+                     ("pods_sim_cpu_s", "simulator CPU-s, pods to Running"),
+                     ("pods_sim_cpu_with_ray_s", "… with Ray's daemons"),
+                     ("delete_sim_cpu_s", "simulator CPU-s, delete"),
+                     ("pods_apiserver_cpu_s", "apiserver CPU-s, pods phase"),
+                     ("pods_sim_pss_mib", f"simulator PSS with {p:,} pods (MiB)"),
+                     ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)")]
+        rows.append(("probe_s", "simulator start → serving a probe node (s)"))
+        w(table(cells, sims, rows))
+        w("")
+    w("\n".join(_errors(summary["ready"])))
+    w("")
+
+
 def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: list[dict[str, Any]],
                 sims: list[str], sizes: dict[str, Any], writer_max: float | None) -> None:
     """Scenario 2's capacity table and every step, from one run's records."""
@@ -237,32 +268,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
 
     # 1. ready
     if "ready" in summary:
-        w("### 1. Time to Ready, Running, deleted\n")
-        w("Seconds from the first create request (simulator already serving) until all are Ready / Running / gone. "
-          "Ratio columns: shardlet ÷ kwok (below 1: shardlet faster / cheaper).\n")
-        for size, cells in sorted(summary["ready"].items(), key=lambda kv: _size_n(kv[0])):
-            n, p = _size_val(size, "nodes"), _size_val(size, "pods")
-            rows = [("nodes_ready_s", f"{n:,} nodes Ready (s)"), ("nodes_create_s", "… creating them took (s)"),
-                    ("nodes_after_created_s", "… Ready after the last create (s)"),
-                    ("nodes_sim_cpu_s", "simulator CPU-s, nodes phase"),
-                    ("nodes_sim_cpu_with_ray_s", "… with Ray's daemons"),
-                    ("nodes_apiserver_cpu_s", "apiserver CPU-s, nodes phase")]
-            if p:
-                rows += [("nodes_settle_s", "controller-manager caught up after that (s, untimed)"),
-                         ("pods_running_s", f"{p:,} pods Running (s)"), ("pods_create_s", "… creating them took (s)"),
-                         ("pods_after_created_s", "… Running after the last create (s)"),
-                         ("pods_deleted_s", f"{p:,} pods deleted (s)"),
-                         ("pods_sim_cpu_s", "simulator CPU-s, pods to Running"),
-                         ("pods_sim_cpu_with_ray_s", "… with Ray's daemons"),
-                         ("delete_sim_cpu_s", "simulator CPU-s, delete"),
-                         ("pods_apiserver_cpu_s", "apiserver CPU-s, pods phase"),
-                         ("pods_sim_pss_mib", f"simulator PSS with {p:,} pods (MiB)"),
-                         ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)")]
-            rows.append(("probe_s", "simulator start → serving a probe node (s)"))
-            w(table(cells, sims, rows))
-            w("")
-        w("\n".join(_errors(summary["ready"])))
-        w("")
+        _ready(out, "### 1. Time to Ready, Running, deleted\n", summary, sims)
     # 2. lease-hold
     writer_max = _writer_max(summary)
     if "lease-hold" in summary:
@@ -375,7 +381,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
             w(f"- **{label(sim)}** ({len(lst)} runs with some; {tb} tracebacks): " +
               "; ".join(f"`{k}` x{v}" for k, v in top))
         w("")
-    # later partial runs: their lease-hold tables (other scenarios are in their JSON)
+    # later partial runs: their ready and lease-hold tables (other scenarios are in their JSON)
     for f in sorted(results_dir.glob("*.json")):
         if f.stem.endswith("-quick") or f.stem.replace("-quick", "") <= path.stem.replace("-quick", ""):
             continue
@@ -384,13 +390,17 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         except (OSError, ValueError):
             continue
         lsum = summarize(later.get("records", []))
-        if not _partial(later["meta"]) or "lease-hold" not in lsum:
+        if not _partial(later["meta"]) or not {"ready", "lease-hold"} & set(lsum):
             continue
         w(f"## Later partial run: `{link(f)}`\n")
         w(f"Started {later['meta'].get('started', '')}; command `python -m bench {' '.join(later['meta'].get('argv') or [])}`; "
-          "same machine and flags as above.\n")
-        _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),
-                    list(later["meta"].get("sims", [])), later["meta"].get("sizes", {}), writer_max)
+          f"repeat {later['meta'].get('repeat', 1)}; same machine and flags as above.\n")
+        lsims = list(later["meta"].get("sims", []))
+        if "ready" in lsum:
+            _ready(out, "### 1. Time to Ready, Running, deleted (partial run)\n", lsum, lsims)
+        if "lease-hold" in lsum:
+            _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),
+                        lsims, later["meta"].get("sizes", {}), writer_max)
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):

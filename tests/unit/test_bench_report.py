@@ -1,0 +1,50 @@
+"""bench/README.md rendering: the newest full run, then later partial runs' own tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from bench import report
+
+FULL = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-27T0811-vm.json"
+
+
+def _partial_copy(tmp: Path, scenarios: list[str], stem: str, scale: float) -> Path:
+    data = json.loads(FULL.read_text())
+    data["meta"]["scenarios"] = scenarios
+    data["meta"]["argv"] = ["--scenarios", ",".join(scenarios)]
+    data["records"] = [r for r in data["records"] if r["scenario"] in scenarios]
+    for r in data["records"]:   # distinguishable numbers: the partial run's, not the full run's
+        if r["scenario"] == "ready" and "nodes_ready_s" in r["m"]:
+            r["m"]["nodes_ready_s"] = round(r["m"]["nodes_ready_s"] * scale, 3)
+    p = tmp / f"{stem}.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_later_partial_ready_run_gets_its_own_table(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    partial = _partial_copy(tmp_path, ["ready"], "2026-11-28T0000-vm", 100.0)
+    report.render(partial, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    # the full run is what the README shows first
+    assert f"## Results: `results/{FULL.name}`" in text or f"## Results: `{FULL.name}`" in text
+    head, _, later = text.partition("## Later partial run:")
+    assert later, "the partial run has a section"
+    assert "2026-11-28T0000-vm.json" in later.split("\n", 1)[0]
+    assert "### 1. Time to Ready, Running, deleted (partial run)" in later
+    assert "### 2. Lease-hold capacity (partial run)" not in later.split("## All results files")[0]
+    # its numbers are its own: 100x the full run's 1,000-node time of kwok (10.5 s)
+    assert "| 1,000 nodes Ready (s) | 1,05" in later
+    assert "| 1,000 nodes Ready (s) | 10.5 |" in head
+
+
+def test_partial_run_without_ready_or_lease_hold_is_only_listed(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    partial = _partial_copy(tmp_path, ["steady"], "2026-11-28T0000-vm", 1.0)
+    report.render(partial, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    assert "## Later partial run:" not in text
+    assert "2026-11-28T0000-vm.json" in text.split("## All results files")[1]
