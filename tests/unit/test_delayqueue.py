@@ -78,11 +78,12 @@ async def test_concurrency_bound_and_failures_do_not_stop_the_queue() -> None:
 async def test_tick_releases_items_due_within_one_tick_together_never_early() -> None:
     tick = 0.2
     ran: dict[str, float] = {}
+    dues: dict[str, float] = {}
     done = asyncio.Event()
 
     async def run(key: str, _item: int, due: float) -> None:
-        ran[key] = time.monotonic()
-        assert ran[key] >= due, "never before it is due"
+        # recorded, not asserted here: the queue logs and swallows a job's exception
+        ran[key], dues[key] = time.monotonic(), due
         if len(ran) == 7:
             done.set()
     q: DelayQueue[str, int] = DelayQueue(run, tick=tick)
@@ -101,6 +102,7 @@ async def test_tick_releases_items_due_within_one_tick_together_never_early() ->
     finally:
         t.cancel()
         await asyncio.gather(t, return_exceptions=True)
+    assert all(ran[k] >= dues[k] for k in ran), "never before it is due"
     times = [ran[f"k{i}"] for i in range(6)]
     assert max(times) - min(times) < 0.05, times
     assert min(times) >= base + tick - 0.001, (min(times), base + tick)
