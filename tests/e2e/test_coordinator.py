@@ -126,12 +126,21 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
     holders = _holders(ck)
     for s in shards:
         assert sum(1 for h in holders.values() if h == s["shard"]) == s["nodes"]
-    # slice-local: a shard decodes the events of its own nodes, not of the cluster
-    ev = [s["slice_watch_events"] for s in shards]
-    total = sum(ev)
-    assert total > 0
-    for e in ev:
-        assert abs(e - total / SHARDS) <= 0.2 * total / SHARDS, ev
+    # slice-local: a shard decodes the events of its own nodes, not of the cluster, so its events
+    # per owned node match the others'. Polled: the controller-manager's untaint updates reach
+    # the slices at different times, so right after Ready one slice may not have seen its share yet
+    seen: list[list[tuple[int, int]]] = []
+
+    def per_node_even() -> bool:
+        cur = [(s["slice_watch_events"], s["nodes"]) for s in ray_run.status()["shards"]]
+        seen.append(cur)
+        rates = [e / n for e, n in cur if n]
+        mean = sum(rates) / len(rates)
+        return len(rates) == SHARDS and mean > 0 and all(abs(r - mean) <= 0.2 * mean for r in rates)
+    try:
+        poll(per_node_even, 90, 2, "even watch events per owned node")
+    finally:
+        print("(slice_watch_events, nodes) per shard, per poll:", seen)
     # the shards are spread over Ray's workers: distinct processes
     assert len({s["pid"] for s in shards}) == SHARDS
 
