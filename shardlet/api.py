@@ -111,6 +111,12 @@ class Kube:
     def from_kubeconfig(cls, kubeconfig: str | None, **kw: Any) -> Kube:
         return cls(load_credentials(kubeconfig), **kw)
 
+    def sibling(self, *, max_connections: int, user_agent: str) -> Kube:
+        """The same apiserver and credentials over pools of its own (the kubelet's heartbeat client)."""
+        k = Kube(self.creds, max_connections=max_connections, user_agent=user_agent)
+        k.on_request = self.on_request
+        return k
+
     def _auth_headers(self) -> dict[str, str]:
         h = dict(self._headers)
         token = self.creds.token

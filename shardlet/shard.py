@@ -132,7 +132,10 @@ class Shard:
         self.ipam = IPAM(config.cidr)
         self.queue: DelayQueue[tuple[str, str], Job] = DelayQueue(
             self._play, concurrency=config.stage_concurrency, name="stages")
-        self.leases = LeaseRenewer(kube, config.name, duration=config.lease_duration,
+        # leases get connections of their own, like the kubelet's heartbeat client: a backlog of
+        # stage writes must not hold a renewal back until the node goes NotReady
+        self.lease_kube = kube.sibling(max_connections=config.lease_concurrency, user_agent="shardlet-lease")
+        self.leases = LeaseRenewer(self.lease_kube, config.name, duration=config.lease_duration,
                                    concurrency=config.lease_concurrency, on_renew=self.metrics.renew)
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
@@ -576,6 +579,7 @@ class Shard:
         if release_leases:
             await self.leases.release_all()
         await self.kube.close()
+        await self.lease_kube.close()
 
     def node_metrics(self, path: str) -> tuple[int, str]:
         """kwok's /metrics/nodes/{node}/metrics/resource for a node this shard serves."""
