@@ -509,6 +509,9 @@ class DeadKube:
         self.on_request: Any = None
         self.calls: list[str] = []
 
+    def sibling(self, **_kw: Any) -> DeadKube:
+        return self
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
