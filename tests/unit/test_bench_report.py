@@ -48,3 +48,23 @@ def test_partial_run_without_ready_or_lease_hold_is_only_listed(tmp_path: Path) 
     text = (tmp_path / "README.md").read_text()
     assert "## Later partial run:" not in text
     assert "2026-11-28T0000-vm.json" in text.split("## All results files")[1]
+
+
+def test_lease_hold_capacity_states_the_rate_seen_not_only_the_rate_needed(tmp_path: Path) -> None:
+    """Past the kubelet's cadence renewals lag: the share of the writer limit uses what was served."""
+    lease_run = FULL.parent / "2026-11-27T0927-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    shutil.copy(lease_run, tmp_path / lease_run.name)
+    report.render(tmp_path / lease_run.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    data = json.loads(lease_run.read_text())
+    writer_max = report._writer_max(json.loads(FULL.read_text())["summary"])
+    assert writer_max
+    for rec in data["records"]:
+        cap = rec["m"]["capacity_nodes"]
+        held = [s for s in rec["x"]["steps"] if s["ok"] and s["nodes"] == cap]
+        assert held, rec["sim"]
+        seen = held[-1]["lease_puts_per_s"]
+        row = f"| {report.label(rec['sim'])} | {cap:,} | {rec['m']['first_failure_nodes']:,} | {cap // 10:,} | " \
+              f"{seen:,.0f} | {100 * seen / writer_max:.0f}% |"
+        assert row in later, (row, later[:2000])
