@@ -162,14 +162,17 @@ def _ready(out: list[str], title: str, summary: dict[str, Any], sims: list[str])
 
 
 def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: list[dict[str, Any]],
-                sims: list[str], sizes: dict[str, Any], writer_max: float | None) -> None:
+                sims: list[str], sizes: dict[str, Any], writer_max: float | None,
+                writer_from: str = "scenario 5") -> None:
     """Scenario 2's capacity table and every step, from one run's records."""
     w = out.append
     w(title)
     w(f"The largest node count that stayed Ready for {sizes.get('hold')} s with 0 NotReady transitions (40 s "
       "leases, controller-manager with node-monitor-grace-period 50 s); sizes double from "
-      f"{sizes.get('hold_start')} until one fails, then one bisection. A node count N needs N/10 lease "
-      "PUTs/s." + (f" The raw writer's best on this box was {writer_max:,.0f} PUT/s (scenario 5)." if writer_max else "")
+      f"{sizes.get('hold_start')} until one fails"
+      f"{', then one bisection' if int(sizes.get('hold_bisect', 1)) else ' (no bisection in this run)'}. "
+      "A node count N needs N/10 lease "
+      "PUTs/s." + (f" The raw writer's best on this box was {writer_max:,.0f} PUT/s ({writer_from})." if writer_max else "")
       + "\n")
     w("| | capacity (nodes) | first failure | lease PUT/s needed (kubelet cadence) | lease PUT/s seen at capacity "
       "| seen, as a share of the raw writer limit | oldest lease at capacity (s) "
@@ -405,8 +408,10 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         if "ready" in lsum:
             _ready(out, "### 1. Time to Ready, Running, deleted (partial run)\n", lsum, lsims)
         if "lease-hold" in lsum:
+            own = _writer_max(lsum)
             _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),
-                        lsims, later["meta"].get("sizes", {}), writer_max)
+                        lsims, later["meta"].get("sizes", {}), own or writer_max,
+                        "scenario 5 of this run" if own else "scenario 5 of the full run above")
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
@@ -485,6 +490,16 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=8)
 
 
+def _not_run(ax: Any) -> None:
+    """A panel whose scenario this run did not include: say so instead of drawing empty axes."""
+    title = ax.get_title()
+    ax.cla()
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    ax.text(0.5, 0.5, "not in this run", ha="center", va="center", fontsize=11, color="#888888",
+            transform=ax.transAxes)
+
+
 def plot(data: dict[str, Any], png: Path) -> None:
     import matplotlib
 
@@ -520,6 +535,8 @@ def plot(data: dict[str, Any], png: Path) -> None:
     ax.set_ylabel("seconds (lower is better)")
     ax.set_title("1. time from first create", fontsize=10)
     _legend(ax)
+    if not bars:
+        _not_run(ax)
 
     # (b), (c) curves from the largest ready size, first repeat
     for ax, key, what in ((axes[0][1], "series_nodes", "nodes Ready"), (axes[0][2], "series_pods", "pods Running")):
@@ -533,8 +550,10 @@ def plot(data: dict[str, Any], png: Path) -> None:
                 ax.plot([t for t, _ in s], [c for _, c in s], label=label(sim), color=colors.get(sim))
         ax.set_xlabel("seconds since first create")
         ax.set_ylabel(what)
-        ax.set_title(f"{what} over time ({biggest} nodes)", fontsize=10)
+        ax.set_title(f"{what} over time ({biggest} nodes)" if biggest else f"{what} over time", fontsize=10)
         _legend(ax)
+        if biggest is None:
+            _not_run(ax)
 
     # (d) lease-hold capacity
     ax = axes[1][0]
@@ -549,6 +568,8 @@ def plot(data: dict[str, Any], png: Path) -> None:
         ax.text(0, wmax * 10, f" raw writer limit: {wmax:,.0f} PUT/s = {wmax * 10:,.0f} nodes at a 10 s cadence", va="bottom", fontsize=8)
     ax.set_ylabel("nodes held Ready (higher is better)")
     ax.set_title(f"2. lease-hold capacity ({meta.get('sizes', {}).get('hold')} s, 40 s leases)", fontsize=10)
+    if not xs:
+        _not_run(ax)
 
     # (e) steady CPU
     ax = axes[1][1]
@@ -562,6 +583,8 @@ def plot(data: dict[str, Any], png: Path) -> None:
     ax.set_ylabel("CPU-s per 1k nodes per min (lower is better)")
     ax.set_title("3. idle nodes: CPU", fontsize=10)
     _legend(ax)
+    if not xs:
+        _not_run(ax)
 
     # (f) scaling
     ax = axes[1][2]
@@ -579,6 +602,8 @@ def plot(data: dict[str, Any], png: Path) -> None:
     ax.set_ylabel("objects served per s (higher is better)")
     ax.set_title("4. working off a backlog", fontsize=10)
     _legend(ax)
+    if not shard_sims:
+        _not_run(ax)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=90)
