@@ -161,6 +161,38 @@ def _ready(out: list[str], title: str, summary: dict[str, Any], sims: list[str])
     w("")
 
 
+def _steady(out: list[str], title: str, summary: dict[str, Any], sims: list[str]) -> None:
+    """Scenario 3's tables, from one run's summary."""
+    w = out.append
+    w(title)
+    for size, cells in summary["steady"].items():
+        w(f"`{size}` — idle: nodes Ready, only leases (and the 10-minute heartbeat stage) running, measured over "
+          f"the window after a settle; pods: CPU from the first create until all Running, and for the delete "
+          "until all gone, scaled to 10,000 pods. CPU-s is user+system seconds of the whole process tree; "
+          "'with Ray' adds raylet, GCS, agents and idle workers. PSS splits shared pages between processes.\n")
+        w(table(cells, sims, [
+            ("idle_sim_cpu_per_1k_nodes_min", "idle: simulator CPU-s per 1k nodes per min"),
+            ("idle_sim_cpu_with_ray_per_1k_nodes_min", "… with Ray's daemons"),
+            ("idle_ray_daemons_cpu_per_min", "… Ray's daemons alone, CPU-s per min"),
+            ("idle_apiserver_cpu_per_1k_nodes_min", "idle: apiserver CPU-s per 1k nodes per min"),
+            ("idle_etcd_cpu_per_1k_nodes_min", "idle: etcd CPU-s per 1k nodes per min"),
+            ("idle_lease_puts_per_s", "idle: lease PUT/s seen by the apiserver"),
+            ("idle_transitions", "idle: NotReady transitions"),
+            ("idle_sim_rss_mib", "idle: simulator RSS (MiB)"),
+            ("idle_sim_pss_mib", "idle: simulator PSS (MiB)"),
+            ("idle_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)"),
+            ("pods_sim_cpu_per_10k", "simulator CPU-s per 10k pods to Running"),
+            ("pods_sim_cpu_with_ray_per_10k", "… with Ray's daemons"),
+            ("delete_sim_cpu_per_10k", "simulator CPU-s per 10k pods deleted"),
+            ("pods_apiserver_cpu_per_10k", "apiserver CPU-s per 10k pods to Running"),
+            ("pods_sim_pss_mib", "simulator PSS with the pods (MiB)"),
+            ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)"),
+        ]))
+        w("")
+    w("\n".join(_errors(summary["steady"])))
+    w("")
+
+
 def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: list[dict[str, Any]],
                 sims: list[str], sizes: dict[str, Any], writer_max: float | None,
                 writer_from: str = "scenario 5") -> None:
@@ -284,33 +316,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         _lease_hold(out, "### 2. Lease-hold capacity\n", summary, records, sims, sizes, writer_max)
     # 3. steady
     if "steady" in summary:
-        w("### 3. Steady-state cost\n")
-        for size, cells in summary["steady"].items():
-            w(f"`{size}` — idle: nodes Ready, only leases (and the 10-minute heartbeat stage) running, measured over "
-              f"the window after a settle; pods: CPU from the first create until all Running, and for the delete "
-              "until all gone, scaled to 10,000 pods. CPU-s is user+system seconds of the whole process tree; "
-              "'with Ray' adds raylet, GCS, agents and idle workers. PSS splits shared pages between processes.\n")
-            w(table(cells, sims, [
-                ("idle_sim_cpu_per_1k_nodes_min", "idle: simulator CPU-s per 1k nodes per min"),
-                ("idle_sim_cpu_with_ray_per_1k_nodes_min", "… with Ray's daemons"),
-                ("idle_ray_daemons_cpu_per_min", "… Ray's daemons alone, CPU-s per min"),
-                ("idle_apiserver_cpu_per_1k_nodes_min", "idle: apiserver CPU-s per 1k nodes per min"),
-                ("idle_etcd_cpu_per_1k_nodes_min", "idle: etcd CPU-s per 1k nodes per min"),
-                ("idle_lease_puts_per_s", "idle: lease PUT/s seen by the apiserver"),
-                ("idle_transitions", "idle: NotReady transitions"),
-                ("idle_sim_rss_mib", "idle: simulator RSS (MiB)"),
-                ("idle_sim_pss_mib", "idle: simulator PSS (MiB)"),
-                ("idle_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)"),
-                ("pods_sim_cpu_per_10k", "simulator CPU-s per 10k pods to Running"),
-                ("pods_sim_cpu_with_ray_per_10k", "… with Ray's daemons"),
-                ("delete_sim_cpu_per_10k", "simulator CPU-s per 10k pods deleted"),
-                ("pods_apiserver_cpu_per_10k", "apiserver CPU-s per 10k pods to Running"),
-                ("pods_sim_pss_mib", "simulator PSS with the pods (MiB)"),
-                ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)"),
-            ]))
-            w("")
-        w("\n".join(_errors(summary["steady"])))
-        w("")
+        _steady(out, "### 3. Steady-state cost\n", summary, sims)
     # 4. scaling
     if "scaling" in summary:
         w("### 4. Scaling with shards\n")
@@ -399,7 +405,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         except (OSError, ValueError):
             continue
         lsum = summarize(later.get("records", []))
-        if not _partial(later["meta"]) or not {"ready", "lease-hold"} & set(lsum):
+        if not _partial(later["meta"]) or not {"ready", "lease-hold", "steady"} & set(lsum):
             continue
         w(f"## Later partial run: `{link(f)}`\n")
         w(f"Started {later['meta'].get('started', '')}; command `python -m bench {' '.join(later['meta'].get('argv') or [])}`; "
@@ -407,6 +413,8 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         lsims = list(later["meta"].get("sims", []))
         if "ready" in lsum:
             _ready(out, "### 1. Time to Ready, Running, deleted (partial run)\n", lsum, lsims)
+        if "steady" in lsum:
+            _steady(out, "### 3. Steady-state cost (partial run)\n", lsum, lsims)
         if "lease-hold" in lsum:
             own = _writer_max(lsum)
             _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),

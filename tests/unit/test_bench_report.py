@@ -41,9 +41,29 @@ def test_later_partial_ready_run_gets_its_own_table(tmp_path: Path) -> None:
     assert "| 1,000 nodes Ready (s) | 10.5 |" in head
 
 
-def test_partial_run_without_ready_or_lease_hold_is_only_listed(tmp_path: Path) -> None:
+def test_later_partial_steady_run_gets_its_own_table(tmp_path: Path) -> None:
     shutil.copy(FULL, tmp_path / FULL.name)
-    partial = _partial_copy(tmp_path, ["steady"], "2026-11-28T0000-vm", 1.0)
+    data = json.loads(FULL.read_text())
+    data["meta"]["scenarios"] = ["steady"]
+    data["meta"]["argv"] = ["--scenarios", "steady"]
+    data["records"] = [r for r in data["records"] if r["scenario"] == "steady"]
+    for r in data["records"]:   # the partial run's own numbers: 10x the full run's
+        if "idle_sim_cpu_per_1k_nodes_min" in r["m"]:
+            r["m"]["idle_sim_cpu_per_1k_nodes_min"] = round(r["m"]["idle_sim_cpu_per_1k_nodes_min"] * 10, 3)
+    (tmp_path / "2026-11-28T0000-vm.json").write_text(json.dumps(data))
+    report.render(tmp_path / "2026-11-28T0000-vm.json", tmp_path / "README.md")
+    head, _, later = (tmp_path / "README.md").read_text().partition("## Later partial run:")
+    assert "### 3. Steady-state cost (partial run)" in later
+    row = next(line for line in later.splitlines() if line.startswith("| idle: simulator CPU-s per 1k nodes per min"))
+    full_row = next(line for line in head.splitlines() if line.startswith("| idle: simulator CPU-s per 1k nodes per min"))
+    kwok = next(r for r in data["records"] if r["sim"] == "kwok")["m"]["idle_sim_cpu_per_1k_nodes_min"]
+    assert row.split("|")[2].strip() == report._num(kwok), row
+    assert row != full_row
+
+
+def test_partial_run_without_ready_lease_hold_or_steady_is_only_listed(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    partial = _partial_copy(tmp_path, ["writer"], "2026-11-28T0000-vm", 1.0)
     report.render(partial, tmp_path / "README.md")
     text = (tmp_path / "README.md").read_text()
     assert "## Later partial run:" not in text
