@@ -185,6 +185,7 @@ def _steady(out: list[str], title: str, summary: dict[str, Any], sims: list[str]
             ("pods_sim_cpu_with_ray_per_10k", "… with Ray's daemons"),
             ("delete_sim_cpu_per_10k", "simulator CPU-s per 10k pods deleted"),
             ("pods_apiserver_cpu_per_10k", "apiserver CPU-s per 10k pods to Running"),
+            ("pods_create_s", "pods: the benchmark's creates took (s)"),
             ("pods_sim_pss_mib", "simulator PSS with the pods (MiB)"),
             ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)"),
         ]))
