@@ -11,14 +11,15 @@ from bench import report
 FULL = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-27T0811-vm.json"
 
 
-def _partial_copy(tmp: Path, scenarios: list[str], stem: str, scale: float) -> Path:
+def _partial_copy(tmp: Path, scenarios: list[str], stem: str, scale: float,
+                  metric: str = "nodes_ready_s") -> Path:
     data = json.loads(FULL.read_text())
     data["meta"]["scenarios"] = scenarios
     data["meta"]["argv"] = ["--scenarios", ",".join(scenarios)]
     data["records"] = [r for r in data["records"] if r["scenario"] in scenarios]
     for r in data["records"]:   # distinguishable numbers: the partial run's, not the full run's
-        if r["scenario"] == "ready" and "nodes_ready_s" in r["m"]:
-            r["m"]["nodes_ready_s"] = round(r["m"]["nodes_ready_s"] * scale, 3)
+        if metric in r["m"]:
+            r["m"][metric] = round(r["m"][metric] * scale, 3)
     p = tmp / f"{stem}.json"
     p.write_text(json.dumps(data))
     return p
@@ -43,15 +44,10 @@ def test_later_partial_ready_run_gets_its_own_table(tmp_path: Path) -> None:
 
 def test_later_partial_steady_run_gets_its_own_table(tmp_path: Path) -> None:
     shutil.copy(FULL, tmp_path / FULL.name)
-    data = json.loads(FULL.read_text())
-    data["meta"]["scenarios"] = ["steady"]
-    data["meta"]["argv"] = ["--scenarios", "steady"]
-    data["records"] = [r for r in data["records"] if r["scenario"] == "steady"]
-    for r in data["records"]:   # the partial run's own numbers: 10x the full run's
-        if "idle_sim_cpu_per_1k_nodes_min" in r["m"]:
-            r["m"]["idle_sim_cpu_per_1k_nodes_min"] = round(r["m"]["idle_sim_cpu_per_1k_nodes_min"] * 10, 3)
-    (tmp_path / "2026-11-28T0000-vm.json").write_text(json.dumps(data))
-    report.render(tmp_path / "2026-11-28T0000-vm.json", tmp_path / "README.md")
+    # the partial run's own numbers: 10x the full run's
+    partial = _partial_copy(tmp_path, ["steady"], "2026-11-28T0000-vm", 10.0, "idle_sim_cpu_per_1k_nodes_min")
+    data = json.loads(partial.read_text())
+    report.render(partial, tmp_path / "README.md")
     head, _, later = (tmp_path / "README.md").read_text().partition("## Later partial run:")
     assert "### 3. Steady-state cost (partial run)" in later
     row = next(line for line in later.splitlines() if line.startswith("| idle: simulator CPU-s per 1k nodes per min"))
