@@ -146,10 +146,11 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                                + sizes["window"])
             elif sc == "lease-hold":
                 # assume it breaks around 16k nodes (or at hold_max), plus one bisect
-                n, steps = int(sizes["hold_start"]), []
-                while n <= min(int(sizes["hold_max"]), 16000):
-                    steps.append(n)
+                n = int(sizes["hold_start"])
+                steps = [n]   # the first size always runs, even past 16k
+                while n * 2 <= min(int(sizes["hold_max"]), 16000):
                     n *= 2
+                    steps.append(n)
                 t += sum(s / 250 + 30 + sizes["hold"] for s in steps) + 2 * overhead(sim) + steps[-1] / 170 + sizes["hold"]
         if sc == "profile":
             t = overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]

@@ -1,0 +1,24 @@
+"""The benchmark's duration estimate: pure arithmetic over the sizes."""
+
+from __future__ import annotations
+
+from bench import cli
+
+
+def _sizes(**kw: object) -> dict[str, object]:
+    args = cli.parse_args(["--scenarios", "lease-hold", "--sims", "s1"]
+                          + [a for k, v in kw.items() for a in ("--sizes", f"{k}={v}")])
+    return cli.resolve(args)[2]
+
+
+def test_lease_hold_estimate_covers_a_start_past_16k() -> None:
+    small = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=18000, hold_max=18000), 1)["lease-hold"]
+    big = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=18000, hold_max=36000), 1)["lease-hold"]
+    assert small > 18000 / 250   # at least the one step's creations
+    assert big == small          # steps past 16k are not guessed at: the first one always is
+
+
+def test_lease_hold_estimate_grows_with_each_doubling() -> None:
+    one = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=4000, hold_max=4000), 1)["lease-hold"]
+    three = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=4000, hold_max=16000), 1)["lease-hold"]
+    assert three > one
