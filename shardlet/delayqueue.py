@@ -40,6 +40,7 @@ class DelayQueue(Generic[K, T]):
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._blocked_due: float | None = None   # due time of the job waiting for a slot
         self.name = name
         self.tick = tick
 
@@ -65,6 +66,13 @@ class DelayQueue(Generic[K, T]):
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def backlog_age(self) -> float:
+        """How long the oldest due job has waited for a slot (0 when none waits): every job
+        behind it in the heap is due later, so this is the queue's lag."""
+        if self._blocked_due is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self._blocked_due)
+
     async def run(self) -> None:
         try:
             while True:
@@ -75,7 +83,14 @@ class DelayQueue(Generic[K, T]):
                     if entry is None or entry[0] != seq:
                         continue   # cancelled or replaced
                     del self._pending[key]
-                    await self._sem.acquire()
+                    if self._sem.locked():
+                        self._blocked_due = due
+                        try:
+                            await self._sem.acquire()
+                        finally:
+                            self._blocked_due = None
+                    else:
+                        await self._sem.acquire()
                     t = asyncio.create_task(self._one(key, entry[1], due))
                     self._inflight.add(t)
                     t.add_done_callback(self._inflight.discard)

@@ -28,6 +28,7 @@ from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
+from shardlet.precedence import LeasesFirst
 from shardlet.resourcemetrics import ResourceMetrics
 from shardlet.stages.engine import Actions, Apply, Delete, Event, Patch, StageEngine
 from shardlet.stages.funcs import base_funcs
@@ -137,6 +138,9 @@ class Shard:
         self.lease_kube = kube.sibling(max_connections=config.lease_concurrency, user_agent="shardlet-lease")
         self.leases = LeaseRenewer(self.lease_kube, config.name, duration=config.lease_duration,
                                    concurrency=config.lease_concurrency, on_renew=self.metrics.renew)
+        # a renewal a whole interval late leaves a lease half its duration old: from there on
+        # stage writes give way (before that they go at full speed, and renewals stretch a little)
+        self.leases_first = LeasesFirst(self.leases.queue.backlog_age, threshold=self.leases.interval)
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
         self.my_buckets: frozenset[int] | None = buckets   # label-sharded mode only
@@ -364,7 +368,8 @@ class Shard:
         kind, okey = key
         if kind == "Label":
             try:
-                await self._label(okey)
+                async with self.leases_first.turn():
+                    await self._label(okey)
             except ApiError as e:
                 if e.status != 404:
                     log.warning("label_failed", shard=self.cfg.name, node=okey, status=e.status)
@@ -384,7 +389,8 @@ class Shard:
             log.warning("stage_render_failed", shard=self.cfg.name, stage=stage.name, object=okey, error=str(e))
             return
         try:
-            result = await self._apply(kind, obj, actions)
+            async with self.leases_first.turn():
+                result = await self._apply(kind, obj, actions)
         except ApiError as e:
             if e.status == 404:
                 return   # the object is gone; its DELETED event cleans up
@@ -603,6 +609,7 @@ class Shard:
             "transitions": self.transitions,
             "lease_renewals": self.leases.renewals,
             "lease_failures": self.leases.failures,
+            "stage_writes_behind_leases": self.leases_first.deferred,
             "lease_lag_p50": _hist_quantile(h, 0.5),
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.queue),
