@@ -97,8 +97,11 @@ class DelayQueue(Generic[K, T]):
                 self._wake.clear()
                 timeout = self._wake_at(self._heap[0][0]) - time.monotonic() if self._heap else 3600.0
                 if timeout > 0:
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+                    # lands as the wait ends, and this loop would then outlive its shard
                     try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
         finally:

@@ -1,7 +1,10 @@
 """Node Leases in kube-node-lease, renewed on the kubelet's cadence for a whole slice.
 
 One heap of due times per shard and a bounded pool of in-flight requests: no task or thread per
-node. Each renewal is a PUT of the cached Lease (optimistic concurrency, like the kubelet); a
+node. Renewals on time use at most `calm` connections and leave the rest of the apiserver to
+the shard's stage writes, so a busy apiserver stretches the renewals a little, as it does
+kwok's; a renewal a whole interval late (its lease half expired) may use any of `concurrency`,
+and from then on stage writes give way to it (shardlet.precedence). Each renewal is a PUT of the cached Lease (optimistic concurrency, like the kubelet); a
 409 re-reads it. A node assigned to this shard is adopted at once: the coordinator's epochs
 guarantee no other shard serves it, so a foreign holderIdentity is taken over with
 leaseTransitions + 1.
@@ -34,7 +37,7 @@ def micro_time(t: float | None = None) -> str:
 
 class LeaseRenewer:
     def __init__(self, kube: Kube, holder: str, *, duration: int = 40, concurrency: int = 64,
-                 on_renew: Callable[[float, bool], None] | None = None) -> None:
+                 calm: int = 16, on_renew: Callable[[float, bool], None] | None = None) -> None:
         self.kube = kube
         self.holder = holder
         self.duration = duration
@@ -47,6 +50,9 @@ class LeaseRenewer:
         self.uids: dict[str, str] = {}
         self.queue: DelayQueue[str, None] = DelayQueue(self._renew, concurrency=concurrency, name="lease",
                                                           tick=self.tick)
+        self._calm = asyncio.Semaphore(calm) if 0 < calm < concurrency else None
+        self.urgent_after = self.interval    # seconds past due
+        self.urgent = 0                      # renewals that went past the calm limit
         self.renewals = 0
         self.failures = 0
         self.last_error = ""
@@ -75,7 +81,9 @@ class LeaseRenewer:
             return
         ok = False
         retry_after: float | None = None
+        calm = False
         try:
+            calm = await self._calm_slot(due)
             await self._renew_once(node)
             ok = True
             self.renewals += 1
@@ -89,10 +97,28 @@ class LeaseRenewer:
             self.last_error = f"lease {node}: {type(e).__name__}: {e}"
             log.warning("lease_renew_failed", node=node, error=repr(e)[:200])
         finally:
+            if calm:
+                assert self._calm is not None
+                self._calm.release()
             if self.on_renew is not None:
                 self.on_renew(time.monotonic() - due, ok)
             if node in self.uids:
                 self.queue.put(node, None, self._next_delay(node, ok, retry_after))
+
+    async def _calm_slot(self, due: float) -> bool:
+        """Wait for one of the calm connections until the renewal turns urgent; True if taken."""
+        if self._calm is None:
+            return False
+        wait = due + self.urgent_after - time.monotonic()
+        if wait > 0:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._calm.acquire()
+                return True
+            except TimeoutError:
+                pass
+        self.urgent += 1
+        return False
 
     def _next_delay(self, node: str, ok: bool, retry_after: float | None) -> float:
         """kubelet-style: every quarter of the duration, jittered early so never late. After a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -155,14 +156,20 @@ class ReadyMonitor:
         self.not_ready: list[tuple[float, str]] = []
         self.checks = 0
         self.started = time.monotonic()
+        self.check_times: list[float] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        # a fixed cadence: the next poll is due `interval` after the last one began, however
+        # long kubectl took on a busy box
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + self.interval, time.monotonic())
             nodes = self.kubectl.json("get", "nodes", "-l", self.selector)["items"]
             self.checks += 1
+            self.check_times.append(time.monotonic())
             for n in nodes:
                 if not node_ready(n):
                     self.not_ready.append((time.monotonic() - self.started, n["metadata"]["name"]))
@@ -176,7 +183,11 @@ class ReadyMonitor:
             assert not self.not_ready, f"nodes went NotReady: {self.not_ready[:5]}"
             return time.monotonic() - t0 >= seconds
         poll(held, seconds + 30, 1, f"{seconds:.0f}s of Ready nodes")
-        assert self.checks - checks0 >= seconds / self.interval - 3, "the monitor stopped polling"
+        # it kept polling: enough checks, and no long gap for a NotReady spell to hide in
+        times = [t0, *(t for t in self.check_times if t >= t0), time.monotonic()]
+        gap = max(b - a for a, b in itertools.pairwise(times))
+        assert self.checks - checks0 >= seconds / self.interval / 2, "the monitor stopped polling"
+        assert gap < self.interval + 8, f"the monitor paused for {gap:.1f}s"
 
     def stop(self) -> None:
         self._stop.set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
 
 from shardlet.lease import LeaseRenewer
 
@@ -48,3 +50,58 @@ def test_removed_node_forgets_its_failures() -> None:
         r._next_delay("n", False, None)
     r.remove("n")
     assert "n" not in r.failing
+
+
+class _HeldKube:
+    """Answers lease creates only when told to; counts how many wait at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def create(self, _path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await self.release.wait()
+        finally:
+            self.active -= 1
+        return body
+
+    async def replace(self, _path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.create(_path, body)
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.01)
+
+
+async def test_renewals_on_time_stay_within_the_calm_limit_and_late_ones_go_past_it() -> None:
+    kube = _HeldKube()
+    r = LeaseRenewer(cast(Any, kube), "holder", duration=4, concurrency=8, calm=2)   # 1 s interval
+    assert r.urgent_after == 1.0
+    for i in range(6):
+        r.add(f"n{i}", f"uid{i}")
+    t = asyncio.create_task(r.run())
+    try:
+        await asyncio.wait_for(_until(lambda: kube.active == 2), 2)
+        await asyncio.sleep(0.3)           # still on time: nobody else may start
+        assert kube.peak == 2 and r.urgent == 0
+        # a whole interval past due, the four waiting ones go without a calm slot
+        await asyncio.wait_for(_until(lambda: kube.active == 6), 3)
+        assert r.urgent == 4
+        kube.release.set()
+        await asyncio.wait_for(_until(lambda: r.renewals == 6), 2)
+    finally:
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+    assert r._calm is not None and r._calm._value == 2   # every calm slot came back
+
+
+def test_no_calm_limit_when_it_is_not_below_the_concurrency() -> None:
+    assert renewer(40)._calm is not None
+    kube: Any = None
+    assert LeaseRenewer(kube, "holder", concurrency=16, calm=16)._calm is None
+    assert LeaseRenewer(kube, "holder", calm=0)._calm is None
