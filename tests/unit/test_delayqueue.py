@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from shardlet.delayqueue import DelayQueue
 
@@ -128,39 +129,37 @@ async def _until(cond: Callable[[], bool], step: float = 0.005) -> None:
         await asyncio.sleep(step)
 
 
-async def test_backlog_age_is_how_long_the_oldest_due_job_has_waited_for_a_slot() -> None:
+@asynccontextmanager
+async def _held_queue(concurrency: int) -> AsyncIterator[tuple[DelayQueue[str, int], asyncio.Event]]:
+    """A running queue whose jobs all wait until the event is set."""
     release = asyncio.Event()
 
     async def run(_key: str, _item: int, _due: float) -> None:
         await release.wait()
-    q: DelayQueue[str, int] = DelayQueue(run, concurrency=1)
+    q: DelayQueue[str, int] = DelayQueue(run, concurrency=concurrency)
     t = asyncio.create_task(q.run())
     try:
+        yield q, release
+    finally:
+        release.set()
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+
+async def test_backlog_age_is_how_long_the_oldest_due_job_has_waited_for_a_slot() -> None:
+    async with _held_queue(1) as (q, release):
         q.put("a", 0)                     # takes the one slot
         q.put("b", 1)                     # due now, waits for it
         await asyncio.wait_for(_until(lambda: q.backlog_age() >= 0.2), 2)
         assert q.inflight == 1
         release.set()                     # slot free: nobody waits any more
         await asyncio.wait_for(_until(lambda: q.backlog_age() == 0.0 and not len(q)), 2)
-    finally:
-        t.cancel()
-        await asyncio.gather(t, return_exceptions=True)
     assert q.backlog_age() == 0.0
 
 
 async def test_no_backlog_while_slots_are_free() -> None:
-    release = asyncio.Event()
-
-    async def run(_key: str, _item: int, _due: float) -> None:
-        await release.wait()
-    q: DelayQueue[str, int] = DelayQueue(run, concurrency=8)
-    t = asyncio.create_task(q.run())
-    try:
+    async with _held_queue(8) as (q, _release):
         for i in range(4):
             q.put(f"k{i}", i)
         await asyncio.wait_for(_until(lambda: q.inflight == 4), 2)
         assert q.backlog_age() == 0.0
-    finally:
-        release.set()
-        t.cancel()
-        await asyncio.gather(t, return_exceptions=True)
