@@ -83,14 +83,11 @@ class DelayQueue(Generic[K, T]):
                     if entry is None or entry[0] != seq:
                         continue   # cancelled or replaced
                     del self._pending[key]
-                    if self._sem.locked():
-                        self._blocked_due = due
-                        try:
-                            await self._sem.acquire()
-                        finally:
-                            self._blocked_due = None
-                    else:
+                    self._blocked_due = due   # seen only while acquire waits: a free slot does not yield
+                    try:
                         await self._sem.acquire()
+                    finally:
+                        self._blocked_due = None
                     t = asyncio.create_task(self._one(key, entry[1], due))
                     self._inflight.add(t)
                     t.add_done_callback(self._inflight.discard)

@@ -4,10 +4,10 @@ One heap of due times per shard and a bounded pool of in-flight requests: no tas
 node. Renewals on time use at most `calm` connections and leave the rest of the apiserver to
 the shard's stage writes, so a busy apiserver stretches the renewals a little, as it does
 kwok's; a renewal a whole interval late (its lease half expired) may use any of `concurrency`,
-and from then on stage writes give way to it (shardlet.precedence). Each renewal is a PUT of the cached Lease (optimistic concurrency, like the kubelet); a
-409 re-reads it. A node assigned to this shard is adopted at once: the coordinator's epochs
-guarantee no other shard serves it, so a foreign holderIdentity is taken over with
-leaseTransitions + 1.
+and from then on stage writes give way to it (shardlet.precedence). Each renewal is a PUT of
+the cached Lease (optimistic concurrency, like the kubelet); a 409 re-reads it. A node assigned
+to this shard is adopted at once: the coordinator's epochs guarantee no other shard serves it,
+so a foreign holderIdentity is taken over with leaseTransitions + 1.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 
 class LeasesFirst:
-    def __init__(self, lease_lag: Callable[[], float], *, threshold: float = 1.0, narrow: int = 4) -> None:
+    def __init__(self, lease_lag: Callable[[], float], *, threshold: float, narrow: int = 4) -> None:
         self.lease_lag = lease_lag        # seconds the oldest due renewal has waited for a slot
         self.threshold = threshold
         self._narrow = asyncio.Semaphore(narrow)
