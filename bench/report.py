@@ -1,6 +1,7 @@
 """bench/README.md and bench/results/<run>.png from a results file.
 
-The README shows the newest full run: not --quick and with every scenario (a smoke or partial
+The README opens with where shardlet stands on the targets (each from the newest run that measured
+it), then shows the newest full run: not --quick and with every scenario (a smoke or partial
 run only while no full run exists, and a smoke run under a banner); the plot of every run sits
 beside its JSON, and every run is listed at the end.
 """
@@ -249,6 +250,81 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
     w("\n".join(_errors(summary["lease-hold"])))
     w("")
 
+def _scaling(out: list[str], title: str, summary: dict[str, Any], sims: list[str]) -> None:
+    """Scenario 4's table, from one run's summary."""
+    w = out.append
+    w(title)
+    for size, cells in summary["scaling"].items():
+        w(f"`{size}` — nodes and bound pods are created first with no simulator running; then the simulator "
+          "starts and works off the backlog. Throughput counts from the first to the last object served; "
+          "per-shard CPU comes from each shard's pid in shardlet's `/status`.\n")
+        w(table(cells, sims, [
+            ("startup_s", "start → first object served (s)"),
+            ("nodes_done_s", "start → all nodes Ready (s)"),
+            ("pods_done_s", "start → all pods Running (s)"),
+            ("nodes_per_s", "nodes Ready per s"),
+            ("pods_per_s", "pods Running per s"),
+            ("sim_cpu_s", "simulator CPU-s (runner + shards)"),
+            ("ray_daemons_cpu_s", "Ray's daemons CPU-s"),
+            ("runner_cpu_s", "runner / coordinator process CPU-s"),
+            ("shard_cpu_max_s", "busiest shard CPU-s"),
+            ("shard_cpu_mean_s", "mean shard CPU-s"),
+            ("apiserver_cpu_s", "apiserver CPU-s"),
+        ]))
+        w("")
+    w("\n".join(_errors(summary["scaling"])))
+    w("")
+
+
+def _writer(out: list[str], title: str, summary: dict[str, Any]) -> None:
+    """Scenario 5's table, from one run's summary."""
+    w = out.append
+    w(title)
+    w("A minimal asyncio + aiohttp writer (`bench/writer.py`) PUTs existing Leases in kube-node-lease as fast as it "
+      "can with a bounded number in flight (`PxC`: P processes with C each), no simulator running. The "
+      "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs.\n")
+    w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | etcd CPU % | errors |")
+    w("|---|---|---|---|---|---|---|")
+    for size, per in sorted(summary["writer"].items(), key=lambda kv: _level_key(_size_val(kv[0], "level", str))):
+        c = per.get("None") or next(iter(per.values()))
+        if not c.get("writes_per_s"):
+            continue
+        w(f"| {_size_val(size, 'level', str)} | {_cell(c, 'writes_per_s')} | {_cell(c, 'latency_ms_p50')} / "
+          f"{_cell(c, 'latency_ms_p99')} | {_cell(c, 'writer_cpu_pct')} | {_cell(c, 'apiserver_cpu_pct')} | "
+          f"{_cell(c, 'etcd_cpu_pct')} | {_cell(c, 'errors')} |")
+    w("")
+    w("\n".join(_errors(summary["writer"])))
+    w("")
+
+
+def _profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
+    """The profile's top costs, from one run's records (nothing if it has no profile)."""
+    prof = [r for r in records if r["scenario"] == "profile" and r["x"].get("profile")]
+    if not prof:
+        return
+    w = out.append
+    r = prof[-1]
+    p = r["x"]["profile"]
+    sz = r.get("size", {})
+    w(title)
+    w(f"py-spy at 100 Hz on {label(r['sim'])} while {sz.get('nodes'):,} nodes became Ready, idled "
+      f"{sz.get('idle_s'):.0f} s, and {sz.get('pods'):,} pods were created, ran and were deleted: "
+      f"{p.get('samples', 0):,} busy samples. Native code (orjson, ssl) counts under its Python caller.\n")
+    w(_top_costs(p))
+    w("<details><summary>Top functions</summary>\n")
+    w("| self % | function | | inclusive % | function |\n|---|---|---|---|---|")
+    selfs, incl = p.get("self", []), p.get("inclusive", [])
+    for i in range(max(len(selfs), len(incl))):
+        a = selfs[i] if i < len(selfs) else None
+        b = incl[i] if i < len(incl) else None
+        w(f"| {a['pct'] if a else ''} | {'`' + a['frame'] + '`' if a else ''} | | {b['pct'] if b else ''} | "
+          f"{'`' + b['frame'] + '`' if b else ''} |")
+    w("\n| package / module (self) | % |\n|---|---|")
+    for row in p.get("packages", [])[:12]:
+        w(f"| `{row['frame']}` | {row['pct']} |")
+    w("\n</details>\n")
+
+
 def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> str:
     meta = data["meta"]
     records = data.get("records", [])
@@ -266,6 +342,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
       "edit bench/report.py, not this file. -->\n")
     w(HOW_TO)
     w(METHOD)
+    out.extend(targets_section(results_dir))
     w(f"## Results: `{rel}`\n")
     if meta.get("quick"):
         w("> **SMOKE RUN** (`--quick`: tiny sizes, short windows). It only shows that every code path runs; "
@@ -318,70 +395,11 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     # 3. steady
     if "steady" in summary:
         _steady(out, "### 3. Steady-state cost\n", summary, sims)
-    # 4. scaling
     if "scaling" in summary:
-        w("### 4. Scaling with shards\n")
-        for size, cells in summary["scaling"].items():
-            w(f"`{size}` — nodes and bound pods are created first with no simulator running; then the simulator "
-              "starts and works off the backlog. Throughput counts from the first to the last object served; "
-              "per-shard CPU comes from each shard's pid in shardlet's `/status`.\n")
-            w(table(cells, sims, [
-                ("startup_s", "start → first object served (s)"),
-                ("nodes_done_s", "start → all nodes Ready (s)"),
-                ("pods_done_s", "start → all pods Running (s)"),
-                ("nodes_per_s", "nodes Ready per s"),
-                ("pods_per_s", "pods Running per s"),
-                ("sim_cpu_s", "simulator CPU-s (runner + shards)"),
-                ("ray_daemons_cpu_s", "Ray's daemons CPU-s"),
-                ("runner_cpu_s", "runner / coordinator process CPU-s"),
-                ("shard_cpu_max_s", "busiest shard CPU-s"),
-                ("shard_cpu_mean_s", "mean shard CPU-s"),
-                ("apiserver_cpu_s", "apiserver CPU-s"),
-            ]))
-            w("")
-        w("\n".join(_errors(summary["scaling"])))
-        w("")
-    # 5. writer
+        _scaling(out, "### 4. Scaling with shards\n", summary, sims)
     if "writer" in summary:
-        w("### 5. The physical limit: raw lease writes\n")
-        w("A minimal asyncio + aiohttp writer (`bench/writer.py`) PUTs existing Leases in kube-node-lease as fast as it "
-          "can with a bounded number in flight (`PxC`: P processes with C each), no simulator running. The "
-          "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs.\n")
-        w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | etcd CPU % | errors |")
-        w("|---|---|---|---|---|---|---|")
-        for size, per in sorted(summary["writer"].items(), key=lambda kv: _level_key(_size_val(kv[0], "level", str))):
-            c = per.get("None") or next(iter(per.values()))
-            if not c.get("writes_per_s"):
-                continue
-            w(f"| {_size_val(size, 'level', str)} | {_cell(c, 'writes_per_s')} | {_cell(c, 'latency_ms_p50')} / "
-              f"{_cell(c, 'latency_ms_p99')} | {_cell(c, 'writer_cpu_pct')} | {_cell(c, 'apiserver_cpu_pct')} | "
-              f"{_cell(c, 'etcd_cpu_pct')} | {_cell(c, 'errors')} |")
-        w("")
-        w("\n".join(_errors(summary["writer"])))
-        w("")
-    # profile
-    prof = [r for r in records if r["scenario"] == "profile" and r["x"].get("profile")]
-    if prof:
-        r = prof[-1]
-        p = r["x"]["profile"]
-        sz = r.get("size", {})
-        w("### Where shardlet's CPU goes (profile)\n")
-        w(f"py-spy at 100 Hz on {label(r['sim'])} while {sz.get('nodes'):,} nodes became Ready, idled "
-          f"{sz.get('idle_s'):.0f} s, and {sz.get('pods'):,} pods were created, ran and were deleted: "
-          f"{p.get('samples', 0):,} busy samples. Native code (orjson, ssl) counts under its Python caller.\n")
-        w(_top_costs(p))
-        w("<details><summary>Top functions</summary>\n")
-        w("| self % | function | | inclusive % | function |\n|---|---|---|---|---|")
-        selfs, incl = p.get("self", []), p.get("inclusive", [])
-        for i in range(max(len(selfs), len(incl))):
-            a = selfs[i] if i < len(selfs) else None
-            b = incl[i] if i < len(incl) else None
-            w(f"| {a['pct'] if a else ''} | {'`' + a['frame'] + '`' if a else ''} | | {b['pct'] if b else ''} | "
-              f"{'`' + b['frame'] + '`' if b else ''} |")
-        w("\n| package / module (self) | % |\n|---|---|")
-        for row in p.get("packages", [])[:12]:
-            w(f"| `{row['frame']}` | {row['pct']} |")
-        w("\n</details>\n")
+        _writer(out, "### 5. The physical limit: raw lease writes\n", summary)
+    _profile(out, "### Where shardlet's CPU goes (profile)\n", records)
     # problems
     problems = meta.get("problems") or {}
     if problems:
@@ -397,7 +415,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
             w(f"- **{label(sim)}** ({len(lst)} runs with some; {tb} tracebacks): " +
               "; ".join(f"`{k}` x{v}" for k, v in top))
         w("")
-    # later partial runs: their ready and lease-hold tables (other scenarios are in their JSON)
+    # later partial runs: each scenario they measured gets its own tables
     for f in sorted(results_dir.glob("*.json")):
         if f.stem.endswith("-quick") or f.stem.replace("-quick", "") <= path.stem.replace("-quick", ""):
             continue
@@ -406,7 +424,9 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         except (OSError, ValueError):
             continue
         lsum = summarize(later.get("records", []))
-        if not _partial(later["meta"]) or not {"ready", "lease-hold", "steady"} & set(lsum):
+        has_profile = any(r["scenario"] == "profile" for r in later.get("records", []))
+        if not _partial(later["meta"]) or not ({"ready", "lease-hold", "steady", "scaling", "writer"} & set(lsum)
+                                               or has_profile):
             continue
         w(f"## Later partial run: `{link(f)}`\n")
         w(f"Started {later['meta'].get('started', '')}; command `python -m bench {' '.join(later['meta'].get('argv') or [])}`; "
@@ -421,6 +441,11 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
             _lease_hold(out, "### 2. Lease-hold capacity (partial run)\n", lsum, later.get("records", []),
                         lsims, later["meta"].get("sizes", {}), own or writer_max,
                         "scenario 5 of this run" if own else "scenario 5 of the full run above")
+        if "scaling" in lsum:
+            _scaling(out, "### 4. Scaling with shards (partial run)\n", lsum, lsims)
+        if "writer" in lsum:
+            _writer(out, "### 5. The physical limit: raw lease writes (partial run)\n", lsum)
+        _profile(out, "### Where shardlet's CPU goes (profile, partial run)\n", later.get("records", []))
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
@@ -491,6 +516,145 @@ def _top_costs(p: dict[str, Any]) -> str:
     if pk:
         lines.append("\nBy module: " + ", ".join(f"`{r['frame']}` {r['pct']}%" for r in pk) + ".")
     return "\n".join(lines) + "\n"
+
+
+# -- where shardlet stands on the targets ------------------------------------------------------
+TARGETS_NOTE = (
+    "Each row comes from the newest results file that measured it (kwok and shardlet always from that same "
+    "run, on the same machine and control-plane flags); the file and the shardlet commit it ran are named. "
+    "Ratios are shardlet ÷ kwok of the medians.\n")
+
+
+def _runs(results_dir: Path) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """(file, meta, summary) of every non-smoke run, newest first."""
+    out = []
+    for f in sorted(results_dir.glob("*.json"), key=lambda p: p.stem, reverse=True):
+        if f.stem.endswith("-quick"):
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        out.append((f, data.get("meta", {}), {"records": data.get("records", []), **summarize(data.get("records", []))}))
+    return out
+
+
+def _src(f: Path, meta: dict[str, Any]) -> str:
+    commit = str((meta.get("versions") or {}).get("shardlet_commit") or "?")[:7]
+    return f"`{f.stem}` ({commit})"
+
+
+def _hardware(meta: dict[str, Any]) -> tuple[Any, ...]:
+    hw = meta.get("hardware") or {}
+    return hw.get("cpu_model"), hw.get("usable_cpus"), hw.get("memory_gib")
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("**met**" if ok else "not met")
+
+
+def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, str]]:
+    """(target, measure, kwok, shardlet, ratio or share, met?, source) for the issue's four targets,
+    each from the newest run that measured it with kwok beside shardlet."""
+    runs = _runs(results_dir)
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+
+    # 1. time ratio <= 0.7 (S=1: the shardlet users compare with one kwok process)
+    for f, meta, s in runs:
+        ready = s.get("ready") or {}
+        if not any("kwok" in per and "s1" in per for per in ready.values()):
+            continue
+        for size, per in sorted(ready.items(), key=lambda kv: _size_n(kv[0])):
+            k, sh = per.get("kwok"), per.get("s1")
+            measures = [("nodes_ready_s", f"{_size_n(size):,} nodes Ready (s)")]
+            if _size_val(size, "pods"):
+                p = _size_val(size, "pods")
+                measures += [("pods_running_s", f"{p:,} pods Running (s)"), ("pods_deleted_s", f"{p:,} pods deleted (s)")]
+            for metric, name in measures:
+                a, b = _med(sh, metric), _med(k, metric)
+                if a is None or b is None or not b:
+                    continue
+                rows.append(("1. time ≤ 0.7x kwok (S=1)", name, _num(b), _num(a), f"{a / b:.2f}x",
+                             _verdict(a / b <= 0.7), _src(f, meta)))
+        break
+
+    # 2. lease-hold >= 3x kwok, and >= 80% of the raw writer's rate
+    # the physical limit is the best any writer run reached on the same hardware: a writer run slowed by
+    # other load must not make the share look larger
+    writer_runs = [(f, meta, w) for f, meta, s in runs if (w := _writer_max(s))]
+    for f, meta, s in runs:
+        lh = s.get("lease-hold") or {}
+        per = next(iter(lh.values()), {})
+        if "kwok" not in per or "s1" not in per:
+            continue
+        kc, sc = _med(per["kwok"], "capacity_nodes"), _med(per["s1"], "capacity_nodes")
+        if kc and sc:
+            capped = " (≥, hit hold_max)" if _med(per["s1"], "capped") else ""
+            rows.append(("2. lease-hold ≥ 3x kwok (S=1)", f"nodes Ready for {(meta.get('sizes') or {}).get('hold')} s",
+                         _num(kc), _num(sc) + capped, f"{sc / kc:.2f}x", _verdict(sc / kc >= 3), _src(f, meta)))
+        seen = _capacity_step(s["records"], "s1", sc).get("lease_puts_per_s")
+        same = [w for w in writer_runs if _hardware(w[1]) == _hardware(meta)]
+        best = max(same, key=lambda t: t[2], default=None)
+        wmax, wsrc = (best[2], _src(best[0], best[1])) if best else (None, "")
+        kseen = _capacity_step(s["records"], "kwok", kc).get("lease_puts_per_s")
+        if seen and wmax:
+            rows.append(("2. ≥ 80% of the raw writer (S=1)", f"lease PUT/s served at capacity, as a share of the "
+                         f"best raw writer on this hardware ({_num(wmax)} PUT/s, {wsrc})", _num(kseen), _num(seen),
+                         f"{100 * seen / wmax:.0f}%",
+                         _verdict(seen / wmax >= 0.8), _src(f, meta)))
+        break
+
+    # 3. idle CPU per node-minute <= kwok
+    for f, meta, s in runs:
+        per = next(iter((s.get("steady") or {}).values()), {})
+        if "kwok" not in per or not any(k.startswith("s") for k in per if k != "kwok"):
+            continue
+        b = _med(per["kwok"], "idle_sim_cpu_per_1k_nodes_min")
+        for sim in sorted((k for k in per if k != "kwok"), key=lambda x: int(x[1:]) if x[1:].isdigit() else 0):
+            metric = "idle_sim_cpu_with_ray_per_1k_nodes_min" if sim != "s1" else "idle_sim_cpu_per_1k_nodes_min"
+            a = _med(per[sim], metric) or _med(per[sim], "idle_sim_cpu_per_1k_nodes_min")
+            if a is None or not b:
+                continue
+            rows.append((f"3. idle CPU ≤ kwok ({label(sim).replace('shardlet ', '')}"
+                         f"{', with Ray' if sim != 's1' else ''})", "CPU-s per 1k nodes per min",
+                         _num(b), _num(a), f"{a / b:.2f}x", _verdict(a / b <= 1.0), _src(f, meta)))
+        break
+
+    # 4. per-shard CPU within 20% of 1/S of the shards' total
+    for f, meta, s in runs:
+        recs = [r for r in s["records"] if r["scenario"] == "scaling" and str(r.get("sim", "")).startswith("s")
+                and str(r["sim"])[1:].isdigit() and int(str(r["sim"])[1:]) > 1]
+        if not recs:
+            continue
+        worst: dict[str, tuple[float, int, list[float]]] = {}
+        for r in recs:
+            shards = list(((r.get("x") or {}).get("per_shard_cpu_s") or {}).values())
+            want = int(str(r["sim"])[1:])
+            if len(shards) != want or not sum(shards):
+                continue
+            mean = sum(shards) / want
+            dev = max(abs(c - mean) for c in shards) / mean
+            if r["sim"] not in worst or dev > worst[r["sim"]][0]:
+                worst[r["sim"]] = (dev, want, shards)
+        for sim, (dev, want, shards) in sorted(worst.items(), key=lambda kv: kv[1][1]):
+            rows.append((f"4. per-shard CPU within 20% of 1/S ({label(sim).replace('shardlet ', '')})",
+                         f"each shard's CPU-s; the furthest from the mean ({_num(sum(shards))}/{want})", "-",
+                         " / ".join(_num(c) for c in shards), f"{100 * dev:.1f}% off", _verdict(dev <= 0.2),
+                         _src(f, meta)))
+        if worst:
+            break
+    return rows
+
+
+def targets_section(results_dir: Path) -> list[str]:
+    rows = target_rows(results_dir)
+    if not rows:
+        return []
+    out = ["## Where shardlet stands on the targets\n", TARGETS_NOTE,
+           "| target | measure | kwok | shardlet | result | | run (commit) |", "|---|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out.append("")
+    return out
 
 
 # -- the plot --------------------------------------------------------------------------------
@@ -734,3 +898,4 @@ A scenario that fails records its error and the run goes on; clusters and simula
 process tree, by pid and start time) are always torn down.
 
 """
+

@@ -57,13 +57,33 @@ def test_later_partial_steady_run_gets_its_own_table(tmp_path: Path) -> None:
     assert row != full_row
 
 
-def test_partial_run_without_ready_lease_hold_or_steady_is_only_listed(tmp_path: Path) -> None:
+def test_later_partial_writer_and_scaling_runs_get_their_own_tables(tmp_path: Path) -> None:
     shutil.copy(FULL, tmp_path / FULL.name)
-    partial = _partial_copy(tmp_path, ["writer"], "2026-11-28T0000-vm", 1.0)
-    report.render(partial, tmp_path / "README.md")
+    _partial_copy(tmp_path, ["writer"], "2026-11-28T0000-vm", 0.5, "writes_per_s")
+    scaling = _partial_copy(tmp_path, ["scaling"], "2026-11-28T0100-vm", 2.0, "pods_done_s")
+    report.render(scaling, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    head, _, later = text.partition("## Later partial run:")
+    writer_part, _, scaling_part = later.partition("## Later partial run:")
+    assert "2026-11-28T0000-vm.json" in writer_part.split("\n", 1)[0]
+    assert "### 5. The physical limit: raw lease writes (partial run)" in writer_part
+    best = next(r["m"]["writes_per_s"] for r in json.loads(FULL.read_text())["records"]
+                if r["scenario"] == "writer" and r["size"]["level"] == "64")
+    assert f"| 64 | {report._num(round(best * 0.5, 3))} |" in writer_part and f"| 64 | {report._num(best)} |" in head
+    assert "2026-11-28T0100-vm.json" in scaling_part.split("\n", 1)[0]
+    assert "### 4. Scaling with shards (partial run)" in scaling_part
+    pods = {r["sim"]: r["m"]["pods_done_s"] for r in json.loads(scaling.read_text())["records"]}
+    row = next(line for line in scaling_part.splitlines() if line.startswith("| start → all pods Running (s)"))
+    assert row.split("|")[2].strip() == report._num(pods["kwok"]), row
+
+
+def test_a_smoke_run_after_the_full_run_is_only_listed(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    smoke = _partial_copy(tmp_path, ["writer"], "2026-11-28T0000-vm-quick", 1.0)
+    report.render(smoke, tmp_path / "README.md")
     text = (tmp_path / "README.md").read_text()
     assert "## Later partial run:" not in text
-    assert "2026-11-28T0000-vm.json" in text.split("## All results files")[1]
+    assert "2026-11-28T0000-vm-quick.json" in text.split("## All results files")[1]
 
 
 def test_lease_hold_capacity_states_the_rate_seen_not_only_the_rate_needed(tmp_path: Path) -> None:
@@ -84,3 +104,65 @@ def test_lease_hold_capacity_states_the_rate_seen_not_only_the_rate_needed(tmp_p
         row = f"| {report.label(rec['sim'])} | {cap:,} | {rec['m']['first_failure_nodes']:,} | {cap // 10:,} | " \
               f"{seen:,.0f} | {100 * seen / writer_max:.0f}% |"
         assert row in later, (row, later[:2000])
+
+
+def _row(rows: list[tuple[str, ...]], target: str, measure: str = "") -> tuple[str, ...]:
+    hits = [r for r in rows if r[0].startswith(target) and measure in r[1]]
+    assert len(hits) == 1, (target, measure, rows)
+    return hits[0]
+
+
+def test_targets_come_from_the_newest_run_that_measured_each(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    full = json.loads(FULL.read_text())
+    # a later ready run: its times are 10x the full run's, so which run a row came from shows
+    _partial_copy(tmp_path, ["ready"], "2026-11-28T0000-vm", 10.0, "pods_running_s")
+    # a later steady run with no kwok: no ratio can come from it, so the full run's stands
+    lone = _partial_copy(tmp_path, ["steady"], "2026-11-28T0100-vm", 1.0)
+    data = json.loads(lone.read_text())
+    data["records"] = [r for r in data["records"] if r["sim"] != "kwok"]
+    lone.write_text(json.dumps(data))
+
+    # a later writer run that was slowed down: the physical limit stays the best one measured
+    _partial_copy(tmp_path, ["writer"], "2026-11-28T0200-vm", 0.5, "writes_per_s")
+
+    rows = report.target_rows(tmp_path)
+    share = _row(rows, "2. ≥ 80%")
+    writer_max = report._writer_max(report.summarize(full["records"]))
+    assert writer_max and f"({report._num(writer_max)} PUT/s, `{FULL.stem}`" in share[1]
+    ready = {r["sim"]: r["m"] for r in full["records"] if r["scenario"] == "ready" and r["size"].get("pods")}
+    pods = _row(rows, "1.", "pods Running")
+    assert pods[2] == report._num(round(ready["kwok"]["pods_running_s"] * 10, 3))
+    assert pods[4] == f"{ready['s1']['pods_running_s'] / ready['kwok']['pods_running_s']:.2f}x"
+    assert "2026-11-28T0000-vm" in pods[6]
+    assert "2026-11-27T0811-vm" in _row(rows, "3. idle CPU ≤ kwok (S=1)")[6]
+
+    steady = {r["sim"]: r["m"] for r in full["records"] if r["scenario"] == "steady"}
+    idle = _row(rows, "3. idle CPU ≤ kwok (S=1)")
+    ratio = steady["s1"]["idle_sim_cpu_per_1k_nodes_min"] / steady["kwok"]["idle_sim_cpu_per_1k_nodes_min"]
+    assert idle[4] == f"{ratio:.2f}x" and idle[5] == ("**met**" if ratio <= 1 else "not met")
+
+    cap = {r["sim"]: r["m"]["capacity_nodes"] for r in full["records"] if r["scenario"] == "lease-hold"}
+    hold = _row(rows, "2. lease-hold")
+    assert hold[4] == f"{cap['s1'] / cap['kwok']:.2f}x" and hold[5] == "not met"   # 8,000 / 4,000 in that run
+
+    shards = next(r["x"]["per_shard_cpu_s"] for r in full["records"] if r["scenario"] == "scaling" and r["sim"] == "s2")
+    mean = sum(shards.values()) / 2
+    dev = max(abs(c - mean) for c in shards.values()) / mean
+    balance = _row(rows, "4.")
+    assert balance[4] == f"{100 * dev:.1f}% off" and balance[5] == "**met**"
+
+
+def test_a_failed_target_says_not_met_and_the_readme_opens_with_the_targets(tmp_path: Path) -> None:
+    data = json.loads(FULL.read_text())
+    for r in data["records"]:   # one shard did nearly all the work
+        if r["scenario"] == "scaling" and r["sim"] == "s2":
+            a, b = r["x"]["per_shard_cpu_s"]
+            r["x"]["per_shard_cpu_s"] = {a: 60.0, b: 10.0}
+    p = tmp_path / FULL.name
+    p.write_text(json.dumps(data))
+    balance = _row(report.target_rows(tmp_path), "4.")
+    assert balance[4] == f"{100 * 25 / 35:.1f}% off" and balance[5] == "not met"
+    report.render(p, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    assert text.index("## Where shardlet stands on the targets") < text.index("## Results:")
