@@ -73,7 +73,7 @@ def test_leases_renewed_every_quarter_duration(nodes: ReadyMonitor, kubectl: Kub
     assert lease["metadata"]["ownerReferences"][0]["kind"] == "Node"
     t0 = time.monotonic()
     poll(lambda: all(v != first[k] for k, v in renew_times().items()), 20, 0.5, "every lease renewed")
-    assert time.monotonic() - t0 <= 12.0
+    assert time.monotonic() - t0 <= 13.0   # the kubelet's 10.4 s at most, plus request, poll and kubectl time
     # the gap between two renewals of one lease is about a quarter of 40 s
     a = renew_times()["node-000001"]
     b = poll(lambda: (r := renew_times()["node-000001"]) != a and r, 20, 0.25, "another renewal")
