@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.sims import label
+from bench.sims import label, parse_sim
 from bench.stats import summarize
 
 HERE = Path(__file__).resolve().parent
@@ -549,8 +549,8 @@ def _hardware(meta: dict[str, Any]) -> tuple[Any, ...]:
     return hw.get("cpu_model"), hw.get("usable_cpus"), hw.get("memory_gib")
 
 
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("**met**" if ok else "not met")
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "not met"
 
 
 def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, str]]:
@@ -567,8 +567,7 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         for size, per in sorted(ready.items(), key=lambda kv: _size_n(kv[0])):
             k, sh = per.get("kwok"), per.get("s1")
             measures = [("nodes_ready_s", f"{_size_n(size):,} nodes Ready (s)")]
-            if _size_val(size, "pods"):
-                p = _size_val(size, "pods")
+            if p := _size_val(size, "pods"):
                 measures += [("pods_running_s", f"{p:,} pods Running (s)"), ("pods_deleted_s", f"{p:,} pods deleted (s)")]
             for metric, name in measures:
                 a, b = _med(sh, metric), _med(k, metric)
@@ -610,7 +609,7 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         if "kwok" not in per or not any(k.startswith("s") for k in per if k != "kwok"):
             continue
         b = _med(per["kwok"], "idle_sim_cpu_per_1k_nodes_min")
-        for sim in sorted((k for k in per if k != "kwok"), key=lambda x: int(x[1:]) if x[1:].isdigit() else 0):
+        for sim in sorted((k for k in per if k != "kwok"), key=lambda x: parse_sim(x)[1]):
             metric = "idle_sim_cpu_with_ray_per_1k_nodes_min" if sim != "s1" else "idle_sim_cpu_per_1k_nodes_min"
             a = _med(per[sim], metric) or _med(per[sim], "idle_sim_cpu_per_1k_nodes_min")
             if a is None or not b:
@@ -622,14 +621,13 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
 
     # 4. per-shard CPU within 20% of 1/S of the shards' total
     for f, meta, s in runs:
-        recs = [r for r in s["records"] if r["scenario"] == "scaling" and str(r.get("sim", "")).startswith("s")
-                and str(r["sim"])[1:].isdigit() and int(str(r["sim"])[1:]) > 1]
+        recs = [r for r in s["records"] if r["scenario"] == "scaling" and parse_sim(r["sim"])[1] > 1]
         if not recs:
             continue
         worst: dict[str, tuple[float, int, list[float]]] = {}
         for r in recs:
             shards = list(((r.get("x") or {}).get("per_shard_cpu_s") or {}).values())
-            want = int(str(r["sim"])[1:])
+            want = parse_sim(r["sim"])[1]
             if len(shards) != want or not sum(shards):
                 continue
             mean = sum(shards) / want
@@ -763,7 +761,7 @@ def plot(data: dict[str, Any], png: Path) -> None:
     ax = axes[1][2]
     sc = next(iter(summary.get("scaling", {}).values()), {})
     shard_sims = [s for s in sims if s != "kwok" and s in sc]
-    ns = [int(s[1:]) for s in shard_sims]
+    ns = [parse_sim(s)[1] for s in shard_sims]
     for metric, style in (("nodes_per_s", "-o"), ("pods_per_s", "-s")):
         ax.plot(ns, [_med(sc[s], metric) or 0 for s in shard_sims], style, label=f"shardlet {metric.split('_')[0]}/s")
         kw = _med(sc.get("kwok"), metric)
@@ -898,4 +896,3 @@ A scenario that fails records its error and the run goes on; clusters and simula
 process tree, by pid and start time) are always torn down.
 
 """
-

@@ -124,10 +124,10 @@ class LeaseRenewer:
         """kubelet-style: the kubelet's lease controller (and kwok's) renews a quarter of the
         duration after the last renewal finished, plus up to 4% jitter (wait.JitterUntil with
         0.04, sliding): 10-10.4 s for 40 s leases, 10.2 s on average, which this matches on
-        average once the queue's tick is added. After a failure back off like kubelet's lease controller (doubling from 0.2 s), jittered by 20%
-        so a fleet that failed together does not retry together, capped at a quarter of the
-        interval so a lease is retried several times before it could expire; a 429's
-        Retry-After is honoured within that cap."""
+        average once the queue's tick is added. After a failure back off like kubelet's lease
+        controller (doubling from 0.2 s), jittered by 20% so a fleet that failed together does
+        not retry together, capped at a quarter of the interval so a lease is retried several
+        times before it could expire; a 429's Retry-After is honoured within that cap."""
         if ok:
             self.failing.pop(node, None)
             return self.interval * (1 + 0.04 * random.random()) - self.tick / 2
