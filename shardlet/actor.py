@@ -30,8 +30,9 @@ class ShardActor:
     """Plain class; `coordinator.driver` wraps it with `ray.remote` and its restart options."""
 
     def __init__(self, shard_id: str, holder: str, config: bytes, kubeconfig_text: str | None) -> None:
-        from shardlet import logs
+        from shardlet import heap, logs
 
+        heap.tune()
         logs.configure(os.environ.get("SHARDLET_LOG_LEVEL", "info"), os.environ.get("SHARDLET_LOG_FORMAT", "json"))
         self.id = shard_id              # its name on the ring
         cfg = msgpack.unpackb(config)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shardlet import aio
+from shardlet import aio, heap
 from shardlet.errors import UserError
 from shardlet.shard import FAKE_ANNOTATION, ShardConfig
 
@@ -158,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise UserError(f"--shards {args.shards}: must be at least 1")
     if args.shards == 1 and not args.ray_address:
+        heap.tune()
         try:
             aio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
                                    args.name, args.status_port, args.status_addr))

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from coordinator.ring import bucket as bucket_of
+from shardlet import heap
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
@@ -572,6 +573,7 @@ class Shard:
                 on_relist=lambda: self.metrics.relist("pods"))
             self.tasks.append(asyncio.create_task(self.pod_watch.run()))
             await self.pod_watch.synced.wait()
+        heap.freeze()
         self.ready.set()
         log.info("shard_ready", shard=self.cfg.name, nodes=self._owned_count(), pods=len(self.pods))
 

@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, cast
 
 import yaml
 
+from shardlet.stages import blockyaml
 from shardlet.stages.jq import JQError
 from shardlet.stages.model import (
     ApplySpec,
@@ -236,8 +237,7 @@ _YAML_FLOAT: Final = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-
 _GO_INT_PLAIN: Final = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO][0-7]+|0[0-7]*|[1-9][0-9]*)")
 
 
-def _construct_gonum(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
-    s = str(node.value)
+def _gonum(s: str) -> Any:
     special = {".nan": math.nan, ".NaN": math.nan, ".NAN": math.nan}
     for sign, val in (("", math.inf), ("+", math.inf), ("-", -math.inf)):
         for t in (".inf", ".Inf", ".INF"):
@@ -264,8 +264,30 @@ def _construct_gonum(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
     return s
 
 
+def _construct_gonum(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    return _gonum(str(node.value))
+
+
 def _construct_gobool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
     return _GO_BOOLS.get(str(node.value), str(node.value))
+
+
+_GO_NULLS: Final = frozenset(("~", "null", "Null", "NULL"))
+
+
+def _resolve_plain(s: str) -> Any:
+    """A non-empty plain scalar as the loader below resolves it (for blockyaml's fast path)."""
+    if s in _GO_NULLS:
+        return None
+    b = _GO_BOOLS.get(s)
+    if b is not None:
+        return b
+    if s[0] in "-+.0123456789":
+        v = _gonum(s)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(s)  # the full path reports it
+        return v
+    return s
 
 
 _GoYAMLLoader.add_constructor("!gonum", _construct_gonum)
@@ -318,6 +340,14 @@ def _jsonable(v: Any) -> Any:
 
 def yaml_to_json(text: str) -> Any:
     """Rendered template text to a JSON value, as kwok's ``yaml.YAMLToJSON`` (first document)."""
+    simple, value = blockyaml.parse(text, _resolve_plain)
+    if simple:
+        return value
+    return yaml_to_json_full(text)
+
+
+def yaml_to_json_full(text: str) -> Any:
+    """``yaml_to_json`` by PyYAML alone, without the block fast path."""
     docs = cast(Generator[Any, None, None], yaml.load_all(text, Loader=_LOADER))
     try:
         data = next(docs, None)  # go-yaml v2 reads only the first document
