@@ -8,7 +8,7 @@ block mappings and sequences, one ``key: scalar`` per line, double-quoted string
 caller falls back to the full loader; on what it accepts it returns the same JSON value as
 ``engine.yaml_to_json`` (go-yaml v2's resolution of plain scalars, via ``resolve_plain``).
 
-Given up on: comments, tabs, document markers and directives, anchors, aliases, tags, block
+Given up on: comments, tabs, NEL/LS/PS line breaks, document markers and directives, anchors, aliases, tags, block
 and flow scalars or collections (except ``[]`` and ``{}``), multi-line scalars, quoted or
 non-string keys, escapes outside JSON's, duplicate keys, a top level that is not a block.
 """
@@ -31,6 +31,8 @@ _NOT_STR_KEYS: Final = frozenset(
 _SPECIAL_START: Final = frozenset("[]{}&*!|>%@`#?,:")
 # what the YAML reader refuses anywhere in a stream (PyYAML's Reader.NON_PRINTABLE)
 _NON_PRINTABLE: Final = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]")
+# what YAML 1.1 reads as line breaks besides \n and \r (NEL, LS, PS)
+_BREAKS: Final = re.compile("[\x85\u2028\u2029]")
 # escapes that mean the same in JSON and in YAML 1.1 double quotes (no surrogate halves)
 _ESCAPE: Final = re.compile(r"\\(?:[\"\\/bfnrt]|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})|(\\)")
 
@@ -45,7 +47,7 @@ def parse(text: str, resolve_plain: Callable[[str], Any]) -> tuple[bool, Any]:
     ``resolve_plain`` maps a plain scalar's text to its value as the full loader would; it may
     raise ``ValueError`` to give up.
     """
-    if "\t" in text or "#" in text or _NON_PRINTABLE.search(text):
+    if "\t" in text or "#" in text or _NON_PRINTABLE.search(text) or _BREAKS.search(text):
         return False, None
     lines: list[tuple[int, str]] = []
     for raw in text.split("\n"):
