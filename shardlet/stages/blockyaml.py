@@ -4,13 +4,14 @@ Every pod and node a stage touches has its template output parsed, and PyYAML (e
 libyaml) builds a node object per scalar and resolves each in Python: the largest cost of a
 shard's stage path. Rendered status templates are almost always the simplest YAML there is:
 block mappings and sequences, one ``key: scalar`` per line, double-quoted strings from
-``Quote``. This module reads exactly that and gives up (``None``) on anything else, so that the
-caller falls back to the full loader; on what it accepts it returns the same JSON value as
+``Quote``. This module reads exactly that and gives up (``(False, None)``) on anything else, so
+that the caller falls back to the full loader; on what it accepts it returns the same JSON value as
 ``engine.yaml_to_json`` (go-yaml v2's resolution of plain scalars, via ``resolve_plain``).
 
-Given up on: comments, tabs, NEL/LS/PS line breaks, document markers and directives, anchors, aliases, tags, block
-and flow scalars or collections (except ``[]`` and ``{}``), multi-line scalars, quoted or
-non-string keys, escapes outside JSON's, duplicate keys, a top level that is not a block.
+Given up on: comments, tabs, NEL/LS/PS line breaks, document markers and directives, anchors,
+aliases, tags, block and flow scalars or collections (except ``[]`` and ``{}``), multi-line
+scalars, quoted or non-string keys, escapes outside JSON's, duplicate keys, a top level that is
+not a block.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from typing import Any, Final
 
 import orjson
 
-# a plain key that go-yaml resolves to a string: starts with a letter or underscore; bool and null
-# spellings (y, no, null, ...) are rejected after the match
+# a plain key starting with a letter or underscore; one that resolves to a bool or null (y, no,
+# null, ...) is rejected after the match
 _KEY: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_./-]*):(?: +|$)")
-_NOT_STR_KEYS: Final = frozenset(
-    "y Y yes Yes YES n N no No NO true True TRUE false False FALSE on On ON off Off OFF null Null NULL".split())
 # characters that open something other than a plain scalar, or that may need a comment or a flow
 # context to read
 _SPECIAL_START: Final = frozenset("[]{}&*!|>%@`#?,:")
-# what the YAML reader refuses anywhere in a stream (PyYAML's Reader.NON_PRINTABLE)
-_NON_PRINTABLE: Final = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]")
-# what YAML 1.1 reads as line breaks besides \n and \r (NEL, LS, PS)
-_BREAKS: Final = re.compile("[\x85\u2028\u2029]")
+# given up on anywhere in the text, in one scan: what the YAML reader refuses (PyYAML's
+# Reader.NON_PRINTABLE) and what YAML 1.1 reads as line breaks besides \n and \r (NEL \x85,
+# LS \u2028, PS \u2029), i.e. NON_PRINTABLE's ranges without those three
+_REFUSED_CHARS: Final = re.compile(
+    "[^\x09\x0A\x0D\x20-\x7E\xA0-\u2027\u202A-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]")
 # escapes that mean the same in JSON and in YAML 1.1 double quotes (no surrogate halves)
 _ESCAPE: Final = re.compile(r"\\(?:[\"\\/bfnrt]|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})|(\\)")
 
@@ -41,13 +41,18 @@ class _Unsupported(Exception):
     pass
 
 
+def _is_item(content: str) -> bool:
+    """A block sequence entry: "-" alone or followed by a space."""
+    return content == "-" or content.startswith("- ")
+
+
 def parse(text: str, resolve_plain: Callable[[str], Any]) -> tuple[bool, Any]:
     """(True, value) when ``text`` is plain block YAML; (False, None) to use the full loader.
 
     ``resolve_plain`` maps a plain scalar's text to its value as the full loader would; it may
     raise ``ValueError`` to give up.
     """
-    if "\t" in text or "#" in text or _NON_PRINTABLE.search(text) or _BREAKS.search(text):
+    if "\t" in text or "#" in text or _REFUSED_CHARS.search(text):
         return False, None
     lines: list[tuple[int, str]] = []
     for raw in text.split("\n"):
@@ -75,7 +80,7 @@ class _Reader:
 
     def block(self, i: int, indent: int) -> tuple[Any, int]:
         content = self.lines[i][1]
-        if content == "-" or content.startswith("- "):
+        if _is_item(content):
             return self.sequence(i, indent)
         return self.mapping(i, indent, content)
 
@@ -88,7 +93,7 @@ class _Reader:
                 break
             if ind > indent:
                 raise _Unsupported
-            if not (content == "-" or content.startswith("- ")):
+            if not _is_item(content):
                 break  # the next key of a mapping whose "key:" this sequence shares a column with
             rest = content[1:].lstrip(" ")
             if not rest:
@@ -96,7 +101,7 @@ class _Reader:
                     value, i = self.block(i + 1, lines[i + 1][0])
                 else:
                     value, i = None, i + 1
-            elif rest == "-" or rest.startswith("- "):
+            elif _is_item(rest):
                 raise _Unsupported
             elif _KEY.match(rest):
                 # "- key: v": a mapping whose keys sit at the column of "key"
@@ -116,7 +121,7 @@ class _Reader:
             if m is None:
                 raise _Unsupported
             key = m.group(1)
-            if key in _NOT_STR_KEYS or key in out:
+            if key in out or not isinstance(self.resolve_plain(key), str):
                 raise _Unsupported
             rest = content[m.end():]
             i += 1
@@ -124,7 +129,7 @@ class _Reader:
                 out[key] = self.scalar(rest)
             elif i < len(lines) and lines[i][0] > indent:
                 out[key], i = self.block(i, lines[i][0])
-            elif i < len(lines) and lines[i][0] == indent and (lines[i][1] == "-" or lines[i][1].startswith("- ")):
+            elif i < len(lines) and lines[i][0] == indent and _is_item(lines[i][1]):
                 out[key], i = self.sequence(i, indent)  # "key:" then "- item" at the key's column
             else:
                 out[key] = None
@@ -157,6 +162,6 @@ class _Reader:
             return []
         if s == "{}":
             return {}
-        if c in _SPECIAL_START or ": " in s or s.endswith(":") or s == "<<" or s == "-" or s.startswith("- "):
+        if c in _SPECIAL_START or ": " in s or s.endswith(":") or s == "<<" or _is_item(s):
             raise _Unsupported
         return self.resolve_plain(s)

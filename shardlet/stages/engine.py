@@ -237,13 +237,15 @@ _YAML_FLOAT: Final = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-
 _GO_INT_PLAIN: Final = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO][0-7]+|0[0-7]*|[1-9][0-9]*)")
 
 
+_GO_SPECIAL_FLOATS: Final = {".nan": math.nan, ".NaN": math.nan, ".NAN": math.nan} | {
+    sign + t: val for sign, val in (("", math.inf), ("+", math.inf), ("-", -math.inf)) for t in (".inf", ".Inf", ".INF")
+}
+
+
 def _gonum(s: str) -> Any:
-    special = {".nan": math.nan, ".NaN": math.nan, ".NAN": math.nan}
-    for sign, val in (("", math.inf), ("+", math.inf), ("-", -math.inf)):
-        for t in (".inf", ".Inf", ".INF"):
-            special[sign + t] = val
-    if s in special:
-        return special[s]
+    special = _GO_SPECIAL_FLOATS.get(s)
+    if special is not None:
+        return special
     if s[0] == ".":
         return float(s) if re.fullmatch(r"\.[0-9]+(?:[eE][-+]?[0-9]+)?", s) else s
     plain = s.replace("_", "")
