@@ -21,6 +21,8 @@ import aiohttp
 import orjson
 import structlog
 
+from shardlet.httpclient import HttpPool
+
 log = structlog.get_logger("shardlet.api")
 
 PATCH_TYPES = {
@@ -47,6 +49,9 @@ class Credentials:
     ssl: ssl.SSLContext | bool
     token: str | None = None
     token_file: str | None = None
+    # the same trust without the client certificate, when `ssl` presents one: requests that
+    # carry a bearer token go out over it (see Kube.use_token)
+    ssl_without_cert: ssl.SSLContext | bool | None = None
 
 
 def load_credentials(kubeconfig: str | None, context: str | None = None) -> Credentials:
@@ -60,18 +65,21 @@ def load_credentials(kubeconfig: str | None, context: str | None = None) -> Cred
     else:
         config.load_incluster_config(client_configuration=cfg)
         token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    ctx: ssl.SSLContext | bool
-    if cfg.verify_ssl:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
-    else:
-        ctx = False
-    if cfg.cert_file and isinstance(ctx, ssl.SSLContext):
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    def trust() -> ssl.SSLContext | bool:
+        if not cfg.verify_ssl:
+            return False
+        return ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+    ctx = trust()
+    bare: ssl.SSLContext | bool | None = None
+    if cfg.cert_file:
+        bare = trust()
+        if isinstance(ctx, ssl.SSLContext):
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
     token = None
     auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
     if auth:
         token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
-    return Credentials(cfg.host.rstrip("/"), ctx, token, token_file)
+    return Credentials(cfg.host.rstrip("/"), ctx, token, token_file, bare if not token else None)
 
 
 def inline_kubeconfig(path: str) -> str:
@@ -95,8 +103,20 @@ def inline_kubeconfig(path: str) -> str:
     return str(yaml.safe_dump(cfg))
 
 
+@dataclass
+class _Token:
+    """A bearer token obtained at run time (shardlet.satoken), shared by a Kube and its siblings."""
+    value: str | None = None
+    fallbacks: int = 0    # requests the token could not make that went again with the certificate
+
+
 class Kube:
-    """One apiserver, two connection pools: short requests, and long-lived watch streams."""
+    """One apiserver, two connection pools: short requests, and long-lived watch streams.
+
+    With a client-certificate kubeconfig, `use_token` switches the short requests to a bearer
+    token over connections that present no certificate: the apiserver verifies a client
+    certificate's chain on every request (kubernetes#90533), a token once per 10 s (its token
+    cache). A request the token may not make (401, 403) is sent again with the certificate."""
 
     def __init__(self, creds: Credentials, *, max_connections: int = 32, user_agent: str = "shardlet") -> None:
         self.creds = creds
@@ -105,6 +125,9 @@ class Kube:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
+        self._pools: dict[bool, HttpPool] = {}    # by "carries the token"
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._token = _Token()
         self.on_request: Callable[[str, int, float], None] | None = None  # (verb, code, seconds)
 
     @classmethod
@@ -115,7 +138,26 @@ class Kube:
         """The same apiserver and credentials over pools of its own (the kubelet's heartbeat client)."""
         k = Kube(self.creds, max_connections=max_connections, user_agent=user_agent)
         k.on_request = self.on_request
+        k._token = self._token
         return k
+
+    @property
+    def client_cert(self) -> bool:
+        """Authenticates with a client certificate (and could use a token instead)."""
+        return self.creds.ssl_without_cert is not None
+
+    def use_token(self, token: str | None) -> None:
+        """Send short requests with this bearer token (None: back to the certificate)."""
+        if self.client_cert:
+            self._token.value = token
+
+    @property
+    def token_in_use(self) -> bool:
+        return self._token.value is not None
+
+    @property
+    def token_fallbacks(self) -> int:
+        return self._token.fallbacks
 
     def _auth_headers(self) -> dict[str, str]:
         h = dict(self._headers)
@@ -145,11 +187,26 @@ class Kube:
         return self._session
 
     async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
         for s in (self._session, self._watch_session):
             if s is not None and not s.closed:
                 await s.close()
 
     # -- single requests -------------------------------------------------------------------
+    def _http(self, token: bool) -> HttpPool:
+        loop = asyncio.get_running_loop()
+        if self._pool_loop is not loop:
+            self._pools = {}
+            self._pool_loop = loop
+        pool = self._pools.get(token)
+        if pool is None:
+            ctx = self.creds.ssl_without_cert if token else self.creds.ssl
+            assert ctx is not None
+            pool = self._pools[token] = HttpPool(self.base, ctx, limit=self._max_connections)
+        return pool
+
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json") -> Any:
         headers = self._auth_headers()
@@ -160,13 +217,23 @@ class Kube:
         t0 = time.monotonic()
         code = 0
         try:
-            async with self._sess().request(method, self.base + path, params=params, data=data,
-                                            headers=headers) as r:
-                code = r.status
-                raw = await r.read()
-                if r.status >= 400:
-                    raise _api_error(r.status, raw, r.headers.get("Retry-After"))
-                return orjson.loads(raw) if raw else None
+            token = self._token.value
+            if token is not None:
+                code, raw, retry_after = await self._http(True).request(
+                    method, path, params=params, headers=dict(headers, Authorization=f"Bearer {token}"), body=data)
+                if code in (401, 403):
+                    # expired or revoked (401: the keeper mints a new one), or outside its role
+                    self._token.fallbacks += 1
+                    if code == 401 and self._token.value == token:
+                        self._token.value = None
+                    log.debug("token_refused", path=path, verb=method, status=code)
+                    token = None
+            if token is None:
+                code, raw, retry_after = await self._http(False).request(method, path, params=params,
+                                                                         headers=headers, body=data)
+            if code >= 400:
+                raise _api_error(code, raw, retry_after)
+            return orjson.loads(raw) if raw else None
         finally:
             if self.on_request is not None:
                 self.on_request(method, code, time.monotonic() - t0)
