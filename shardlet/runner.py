@@ -71,6 +71,10 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric-file", action="append", default=[],
                    help="YAML file of Metric/ResourceUsage/ClusterResourceUsage objects (repeatable; "
                         "implies --node-metrics)")
+    g.add_argument("--no-token-exchange", action="store_true",
+                   help="with a client-certificate kubeconfig, keep using the certificate for every request "
+                        "instead of creating the ServiceAccount kube-system/shardlet (and its ClusterRole) and "
+                        "sending the hot-path requests with its token (cheaper for the apiserver)")
     g.add_argument("--release-leases-on-exit", action="store_true",
                    help="on SIGTERM clear holderIdentity of every held lease instead of letting them expire")
 
@@ -95,6 +99,7 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         node_metrics=bool(args.node_metrics or args.metric_file), metric_files=tuple(args.metric_file),
+        token_exchange=not args.no_token_exchange,
     )
 
 

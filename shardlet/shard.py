@@ -31,6 +31,7 @@ from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
 from shardlet.precedence import LeasesFirst
 from shardlet.resourcemetrics import ResourceMetrics
+from shardlet.satoken import TokenKeeper
 from shardlet.stages.engine import Actions, Apply, Delete, Event, Patch, StageEngine
 from shardlet.stages.funcs import base_funcs
 from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
@@ -65,6 +66,8 @@ class ShardConfig:
     metrics_addr: str = "127.0.0.1"
     node_metrics: bool = False                        # serve kwok's Metric/ResourceUsage (keeps slim pods)
     metric_files: tuple[str, ...] = ()
+    token_exchange: bool = True                       # a client certificate is swapped for a
+                                                      # service-account token (shardlet.satoken)
 
 
 @dataclass
@@ -142,6 +145,7 @@ class Shard:
         # a renewal a whole interval late leaves a lease half its duration old: from there on
         # stage writes give way (before that they go at full speed, and renewals stretch a little)
         self.leases_first = LeasesFirst(self.leases.queue.backlog_age, threshold=self.leases.interval)
+        self.token = TokenKeeper(kube, config.name)
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
         self.my_buckets: frozenset[int] | None = buckets   # label-sharded mode only
@@ -539,6 +543,8 @@ class Shard:
 
     # -- run -------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.cfg.token_exchange:
+            await self.token.start()
         if self.cfg.metrics_port >= 0:
             port = self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_addr)
             log.info("metrics_serving", shard=self.cfg.name, port=port)
@@ -586,6 +592,7 @@ class Shard:
         await asyncio.gather(*tasks, return_exceptions=True)
         if release_leases:
             await self.leases.release_all()
+        await self.token.stop()
         await self.kube.close()
         await self.lease_kube.close()
 
@@ -617,6 +624,9 @@ class Shard:
             "queue": len(self.queue),
             "buckets": len(self.my_buckets) if self.my_buckets is not None else None,
             "pod_watches": len(self.per_node_watches) or (1 if self.pod_watch else 0),
+            # "token": short requests carry the service-account token (shardlet.satoken)
+            "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
+            "token_fallbacks": self.kube.token_fallbacks,
             "stage_errors": sorted(self.stage_errors.values()),
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
