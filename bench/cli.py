@@ -35,7 +35,7 @@ FULL: dict[str, Any] = {
     "scaling_nodes": 5000, "scaling_pods": 10000,
     "hold": 300, "hold_start": 1000, "hold_max": 64000, "hold_bisect": 1,
     "writer_leases": 5000, "writer": ["16", "64", "256", "2x64"], "writer_duration": 30,
-    "profile_nodes": 5000, "profile_pods": 10000, "profile_idle": 60,
+    "profile_nodes": 5000, "profile_pods": 10000, "profile_idle": 60, "profile_api_s": 20,
 }
 QUICK: dict[str, Any] = {
     "nodes": [100, 300], "pods": 600,
@@ -43,7 +43,7 @@ QUICK: dict[str, Any] = {
     "scaling_nodes": 300, "scaling_pods": 600,
     "hold": 20, "hold_start": 100, "hold_max": 200, "hold_bisect": 1,
     "writer_leases": 300, "writer": ["8", "32"], "writer_duration": 5,
-    "profile_nodes": 300, "profile_pods": 600, "profile_idle": 10,
+    "profile_nodes": 300, "profile_pods": 600, "profile_idle": 10, "profile_api_s": 5,
 }
 LISTS = {"nodes", "writer"}
 FULL_SIMS = ["kwok", "s1", "s2", "s4"]
@@ -154,6 +154,8 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                 t += sum(s / 250 + 30 + sizes["hold"] for s in steps) + 2 * overhead(sim) + steps[-1] / 170 + sizes["hold"]
         if sc == "profile":
             t = overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
+            if "kwok" in sims:
+                t += overhead("kwok") + work(sizes["profile_nodes"], sizes["profile_pods"]) + sizes["profile_idle"]
         out[sc] = round(t)
     return out
 
@@ -239,7 +241,8 @@ class Runner:
                     if sc == "writer":
                         targets: list[str | None] = [None]
                     elif sc == "profile":
-                        targets = ["s1"]   # the hot path of one shard, in-process
+                        # the hot path of one shard, in-process; kwok beside it for the apiserver's side
+                        targets = [s for s in ("kwok", "s1") if s in self.sims or s == "s1"]
                     else:
                         targets = list(self.sims)
                     for sim in targets:

@@ -101,3 +101,102 @@ def parse_raw(path: Path, top: int = 15) -> dict[str, Any]:
                 break
         return out
     return {"samples": total, "self": rows(self_c), "inclusive": rows(incl_c, True), "packages": rows(pkg_c)}
+
+
+# -- the apiserver's own CPU profile (Go pprof) --------------------------------------------------
+# What each simulator costs the apiserver, split by the handler the time was spent under. Every
+# sample's stack is attributed to the first of these frames found from the leaf up, so nested
+# handlers (a watch encode inside a patch's fan-out) count where they run.
+_API_BUCKETS = (
+    ("client-cert authentication (x509 verify per request)", ("x509.(*Authenticator).AuthenticateRequest",)),
+    ("Go GC", ("runtime.gcBgMarkWorker", "runtime.gcAssistAlloc", "runtime.bgsweep", "runtime.bgscavenge")),
+    ("TLS records", ("crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).readRecord")),
+    ("TLS handshakes", ("crypto/tls.(*Conn).serverHandshake",)),
+    ("watch: encode and send events", ("WatchServer).HandleHTTP", "handlers.serveWatch")),
+    ("watch cache: dispatch to watchers", ("Cacher).dispatchEvent", "cacheWatcher).process",
+                                           "Cacher).processEvent", "watchCache).processEvent")),
+    ("PATCH", ("handlers.(*patcher)", "handlers.PatchResource")),
+    ("PUT", ("handlers.UpdateResource",)),
+    ("POST", ("handlers.CreateResource", "handlers.createHandler")),
+    ("DELETE", ("handlers.DeleteResource", "handlers.DeleteCollection")),
+    ("GET / LIST", ("handlers.GetResource", "handlers.ListResource", "handlers.getResourceHandler")),
+    ("etcd client", ("go.etcd.io/etcd/client",)),
+    ("HTTP serving and filters", ("net/http.(*conn).serve",)),
+)
+
+
+def go() -> str | None:
+    return shutil.which("go")
+
+
+def fetch_pprof(base_url: str, ca: Path, cert: Path, key: Path, seconds: int, out: Path) -> None:
+    """A CPU profile of the apiserver (it serves /debug/pprof to cluster-admin by default)."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    url = f"{base_url}/debug/pprof/profile?seconds={seconds}"
+    with urllib.request.urlopen(url, timeout=seconds + 60, context=ctx) as r:
+        out.write_bytes(r.read())
+
+
+def _pprof_traces(go_bin: str, path: Path) -> list[tuple[float, list[str]]]:
+    """(seconds, frames leaf first) per distinct stack, from `go tool pprof -traces`."""
+    import subprocess
+
+    text = subprocess.run([go_bin, "tool", "pprof", "-traces", str(path)], capture_output=True, text=True,
+                          timeout=300, check=True).stdout
+    out: list[tuple[float, list[str]]] = []
+    for block in text.split("-----------+-------------------------------------------------------")[1:]:
+        lines = [ln for ln in block.strip("\n").splitlines() if ln.strip()]
+        if not lines:
+            continue
+        head = lines[0].split()
+        if len(head) < 2:
+            continue
+        value = _go_seconds(head[0])
+        frames = [head[1]] + [ln.strip() for ln in lines[1:]]
+        out.append((value, frames))
+    return out
+
+
+def _go_seconds(v: str) -> float:
+    for suffix, mult in (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0), ("min", 60.0)):
+        if v.endswith(suffix):
+            try:
+                return float(v[: -len(suffix)]) * mult
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+def parse_pprof(go_bin: str, path: Path, top: int = 15) -> dict[str, Any]:
+    """CPU-seconds by handler bucket, and the top functions by self and inclusive time."""
+    try:
+        traces = _pprof_traces(go_bin, path)
+    except Exception as e:   # a profile that cannot be read is reported, not fatal
+        return {"error": f"go tool pprof: {e}"}
+    total = sum(v for v, _ in traces)
+    if not total:
+        return {"cpu_s": 0.0}
+    buckets: dict[str, float] = {}
+    self_s: dict[str, float] = {}
+    incl_s: dict[str, float] = {}
+    for v, frames in traces:
+        name = "other"
+        for fr in frames:
+            hit = next((b for b, marks in _API_BUCKETS if any(m in fr for m in marks)), None)
+            if hit is not None:
+                name = hit
+                break
+        buckets[name] = buckets.get(name, 0.0) + v
+        self_s[frames[0]] = self_s.get(frames[0], 0.0) + v
+        for fr in set(frames):
+            incl_s[fr] = incl_s.get(fr, 0.0) + v
+
+    def rows(d: dict[str, float], n: int) -> list[dict[str, Any]]:
+        items = sorted(d.items(), key=lambda kv: -kv[1])[:n]
+        return [{"frame": k, "cpu_s": round(s, 2), "pct": round(100 * s / total, 1)} for k, s in items]
+    return {"cpu_s": round(total, 2), "buckets": rows(buckets, len(buckets)), "self": rows(self_s, top),
+            "inclusive": rows(incl_s, top + 10)}

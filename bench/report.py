@@ -325,6 +325,45 @@ def _profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
     w("\n</details>\n")
 
 
+def _api_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
+    """The apiserver's CPU by handler under each simulator, from the same profile window."""
+    recs = {r["sim"]: r for r in records if r["scenario"] == "profile"
+            and (r["x"].get("apiserver_profile") or {}).get("buckets")}
+    if not recs:
+        return
+    w = out.append
+    sims = [s for s in ("kwok", *sorted(k for k in recs if k != "kwok")) if s in recs]
+    size = next(iter(recs.values())).get("size", {})
+    w(title)
+    w(f"Go pprof of kube-apiserver for the first {size.get('api_s', '?')} s after the {size.get('pods', 0):,} pods "
+      "started being created (creation, stage PATCHes and lease PUTs overlap there), per simulator, on a fresh "
+      "cluster each. Each sample counts under the first handler found from its leaf up.\n")
+    head = " | ".join(f"{label(s)} CPU-s | %" for s in sims)
+    w(f"| where | {head} |\n|---|" + "---|---|" * len(sims))
+    names: list[str] = []
+    for s in sims:
+        for row in recs[s]["x"]["apiserver_profile"]["buckets"]:
+            if row["frame"] not in names:
+                names.append(row["frame"])
+    for name in names:
+        cells = []
+        for s in sims:
+            row = next((b for b in recs[s]["x"]["apiserver_profile"]["buckets"] if b["frame"] == name), None)
+            cells.append(f"{row['cpu_s']} | {row['pct']}" if row else "0 | 0")
+        w(f"| {name} | {' | '.join(cells)} |")
+    tot = " | ".join(f"**{recs[s]['x']['apiserver_profile']['cpu_s']}** | " for s in sims)
+    w(f"| **total** | {tot} |")
+    ran = " | ".join(f"{recs[s]['m'].get('api_window_pods_running', '?')} | " for s in sims)
+    w(f"| pods Running at the window's end | {ran} |\n")
+    w("<details><summary>Top apiserver functions (self)</summary>\n")
+    for s in sims:
+        w(f"{label(s)}:\n\n| self CPU-s | % | function |\n|---|---|---|")
+        for row in recs[s]["x"]["apiserver_profile"].get("self", [])[:12]:
+            w(f"| {row['cpu_s']} | {row['pct']} | `{row['frame']}` |")
+        w("")
+    w("</details>\n")
+
+
 def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> str:
     meta = data["meta"]
     records = data.get("records", [])
@@ -400,6 +439,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     if "writer" in summary:
         _writer(out, "### 5. The physical limit: raw lease writes\n", summary)
     _profile(out, "### Where shardlet's CPU goes (profile)\n", records)
+    _api_profile(out, "### Where the apiserver's CPU goes (profile)\n", records)
     # problems
     problems = meta.get("problems") or {}
     if problems:
@@ -446,6 +486,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         if "writer" in lsum:
             _writer(out, "### 5. The physical limit: raw lease writes (partial run)\n", lsum)
         _profile(out, "### Where shardlet's CPU goes (profile, partial run)\n", later.get("records", []))
+        _api_profile(out, "### Where the apiserver's CPU goes (profile, partial run)\n", later.get("records", []))
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
@@ -806,7 +847,7 @@ to skip; without them the run still measures everything else).
 | `--sims` | `kwok` and `sN` = shardlet with N shards (default `kwok,s1,s2,s4`; `--quick`: `kwok,s1,s2`) |
 | `--repeat N` | every measurement N times on fresh clusters, interleaved; median and min-max reported (lease-hold and profile run once) |
 | `--quick` | small sizes and short windows: a smoke run of every code path |
-| `--sizes KEY=V[,V]` | (`steady_*`, `scaling_*`, `profile_*` follow `nodes`/`pods` unless given) `nodes`, `pods`, `steady_nodes`, `steady_pods`, `window`, `settle`, `scaling_nodes`, `scaling_pods`, `hold`, `hold_start`, `hold_max`, `hold_bisect`, `writer_leases`, `writer` (levels like `64` or `2x64`), `writer_duration`, `profile_nodes`, `profile_pods`, `profile_idle` |
+| `--sizes KEY=V[,V]` | (`steady_*`, `scaling_*`, `profile_*` follow `nodes`/`pods` unless given) `nodes`, `pods`, `steady_nodes`, `steady_pods`, `window`, `settle`, `scaling_nodes`, `scaling_pods`, `hold`, `hold_start`, `hold_max`, `hold_bisect`, `writer_leases`, `writer` (levels like `64` or `2x64`), `writer_duration`, `profile_nodes`, `profile_pods`, `profile_idle`, `profile_api_s` |
 | `--hold S`, `--window S` | lease-hold time per size (default 300 s), steady idle window (default 120 s) |
 
 Each run writes `bench/results/<date>-<host>.json` (every raw number, per-phase CPU by process group,
@@ -840,7 +881,11 @@ is 0, i.e. no leases); shardlet is `shardlet run --shards S` (S = 1 in-process, 
 instance, in a Ray temp dir of its own so that it never joins a cluster some `ray start` left on the
 host), `--no-stage-crd` since kwok reads no Stage objects either. Each logs at its default level
 (info) into a file. Both start, then serve a probe node (proof they are up, not timed), before a
-measurement.
+measurement. Both are handed the cluster's admin kubeconfig, a client certificate, as kwokctl hands
+it to kwok. kwok sends every request with it; shardlet (by default; `--no-token-exchange` turns it
+off) creates the ServiceAccount `kube-system/shardlet` and sends its short requests with that
+account's token, because the apiserver verifies a client certificate's chain on every request
+(see "Where the apiserver's CPU goes" for what that costs under each).
 
 **Objects.** Nodes come from shardlet's kwokctl-compatible template (`shardlet.scale.node_manifest`:
 podCIDRs, InternalIPs, allocatable 32 CPU / 256Gi / 110 pods, the fake taint). Pods are kwokctl's pod
@@ -890,7 +935,10 @@ processes.
    apiserver served a simulator at its lease-hold capacity is stated as a share of the best rate here.
 6. **profile** — shardlet S = 1 under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
    nodes becoming Ready, `profile_idle` (60 s) of idle leases, and `profile_pods` (10,000) pods created,
-   Running and deleted; the top costs by self time, inclusive time and module. Not timed.
+   Running and deleted; the top costs by self time, inclusive time and module. Not timed. Beside it (and
+   for kwok too, when kwok is among the sims) a Go pprof CPU profile of kube-apiserver for `profile_api_s`
+   (20) s from the start of pod creation, split by the handler the time went to (`go tool pprof`; needs
+   `go` on PATH): what each simulator's requests and watches cost the apiserver.
 
 A scenario that fails records its error and the run goes on; clusters and simulator processes (the whole
 process tree, by pid and start time) are always torn down.

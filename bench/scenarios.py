@@ -668,29 +668,36 @@ def _run_writer(env: Env, leases: int, conc: int, duration: float, part: str) ->
 
 # -- profile: where shardlet's time goes -----------------------------------------------------
 async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
-    from bench.profile import parse_raw, py_spy
+    from bench.profile import fetch_pprof, go, parse_pprof, parse_raw, py_spy
 
     n, pods = int(bench.sizes["profile_nodes"]), int(bench.sizes["profile_pods"])
     idle = float(bench.sizes["profile_idle"])
-    rec = record("profile", sim, rep, {"nodes": n, "pods": pods, "idle_s": idle})
-    spy = py_spy()
-    if spy is None:
+    api_s = int(bench.sizes["profile_api_s"])
+    rec = record("profile", sim, rep, {"nodes": n, "pods": pods, "idle_s": idle, "api_s": api_s})
+    spy = py_spy() if sim != "kwok" else None   # py-spy reads Python; kwok gets the apiserver's side only
+    if spy is None and sim != "kwok":
         rec["error"] = "py-spy not found: pip install -e '.[bench]'"
         return [rec]
-    bench.log(f"  [profile] {label(sim)} under py-spy: {n} nodes, {idle:.0f}s idle, {pods} pods, delete")
+    go_bin = go()
+    bench.log(f"  [profile] {label(sim)}{' under py-spy' if spy else ''}: {n} nodes, {idle:.0f}s idle, {pods} pods, "
+              f"delete; the apiserver's pprof for {api_s}s from the pods' creation")
     env = None
     out_file = bench.log_dir / f"profile-{sim}-{rep}.txt"
+    api_file = bench.log_dir / f"profile-{sim}-{rep}.apiserver.pprof"
     try:
         async with environment(bench, sim) as env:
             assert env.sim is not None
-            # the runner for S=1; with Ray the shard workers are its descendants
-            cmd = [spy, "record", "--pid", str(env.sim.pid), "--rate", "100", "--format", "raw", "--output",
-                   str(out_file), "--nonblocking"]
-            if env.sim.shards > 1:
-                cmd.append("--subprocesses")
-            spy_log = open(bench.log_dir / f"profile-{sim}-{rep}.pyspy.log", "wb")
-            sp = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT, start_new_session=True)
-            spy_log.close()
+            sp: subprocess.Popen[bytes] | None = None
+            if spy is not None:
+                # the runner for S=1; with Ray the shard workers are its descendants
+                cmd = [spy, "record", "--pid", str(env.sim.pid), "--rate", "100", "--format", "raw", "--output",
+                       str(out_file), "--nonblocking"]
+                if env.sim.shards > 1:
+                    cmd.append("--subprocesses")
+                spy_log = open(bench.log_dir / f"profile-{sim}-{rep}.pyspy.log", "wb")
+                sp = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT, start_new_session=True)
+                spy_log.close()
+            api_prof: asyncio.Task[None] | None = None
             try:
                 nw = await NodeWatch(env.kube).start()
                 try:
@@ -703,10 +710,22 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
                 if pods:
                     pw = await PodWatch(env.kube).start()
                     try:
+                        if go_bin is not None and api_s > 0:
+                            k = env.cluster.pki
+                            base = env.kube.base
+
+                            async def capture(pw: PodWatch = pw, k: Any = k, base: str = base) -> None:
+                                await asyncio.to_thread(fetch_pprof, base, k.ca_cert, k.admin_cert, k.admin_key,
+                                                        api_s, api_file)
+                                # the work done in the window, to put the CPU-seconds per pod
+                                rec["m"]["api_window_pods_running"] = len(pw.running)
+                            api_prof = asyncio.create_task(capture())
                         await bounded_call(create_pods(env.kube, pods, n, bench.concurrency), pods, "create pods")
                         await wait_for(f"{pods} pods Running", lambda: len(pw.running) >= pods,
                                        lambda: f"{len(pw.running)}/{pods}", _ready_timeout(pods), bench.log,
                                        env.sim_alive)
+                        if api_prof is not None:
+                            await api_prof
                         await bounded_call(delete_pods(env.kube, [pod_name(i) for i in range(pods)],
                                                        bench.concurrency), pods, "delete pods")
                         await wait_for(f"{pods} pods deleted", lambda: not pw.exists, lambda: f"{len(pw.exists)} left",
@@ -714,18 +733,30 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
                     finally:
                         await pw.stop()
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(sp.pid, signal.SIGINT)
-                try:
-                    await asyncio.to_thread(sp.wait, 60)
-                except subprocess.TimeoutExpired:
-                    sp.kill()
-        prof = parse_raw(out_file)
-        rec["x"]["profile"] = prof
-        rec["x"]["raw_file"] = str(out_file)
-        rec["m"]["samples"] = prof.get("samples", 0)
-        for row in prof.get("self", [])[:5]:
-            bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
+                if api_prof is not None and not api_prof.done():
+                    api_prof.cancel()
+                if sp is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(sp.pid, signal.SIGINT)
+                    try:
+                        await asyncio.to_thread(sp.wait, 60)
+                    except subprocess.TimeoutExpired:
+                        sp.kill()
+        if sp is not None:
+            prof = parse_raw(out_file)
+            rec["x"]["profile"] = prof
+            rec["x"]["raw_file"] = str(out_file)
+            rec["m"]["samples"] = prof.get("samples", 0)
+            for row in prof.get("self", [])[:5]:
+                bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
+        if go_bin is None:
+            rec["x"]["apiserver_profile"] = {"error": "no 'go' on PATH for 'go tool pprof'"}
+        elif api_file.is_file():
+            ap = await asyncio.to_thread(parse_pprof, go_bin, api_file)
+            rec["x"]["apiserver_profile"] = ap
+            rec["x"]["apiserver_raw_file"] = str(api_file)
+            for row in ap.get("buckets", [])[:6]:
+                bench.log(f"    apiserver {row['pct']:5.1f}%  {row['frame']}")
     except Exception as e:
         rec["error"] = _err(e)
         bench.log(f"    FAILED: {rec['error']}")
