@@ -131,6 +131,23 @@ def _errors(summary: dict[str, Any]) -> list[str]:
 
 
 # -- the README ------------------------------------------------------------------------------
+def _lapses(out: list[str], records: list[dict[str, Any]]) -> None:
+    """Runs in which nodes went NotReady: the controller-manager PUTs a node's status (Unknown)
+    only when its lease lapsed, and the simulator then patches it back, which slows everything."""
+    rows = []
+    for r in records:
+        if r["scenario"] != "ready" or r.get("error"):
+            continue
+        counts = {ph.removesuffix("_phase"): (r["x"].get(ph) or {}).get("requests", {}).get("PUT nodes/status", 0)
+                  for ph in ("nodes_phase", "pods_phase", "delete_phase")}
+        if any(counts.values()):
+            rows.append(f"{label(r['sim'])} {r['size'].get('nodes', 0):,} nodes, repeat {r['repeat'] + 1}: "
+                        + ", ".join(f"{k} {int(v):,}" for k, v in counts.items() if v))
+    if rows:
+        out.append("**Leases lapsed** (node statuses written by the controller-manager, by phase; each is a node "
+                   "marked Unknown that the simulator then had to patch back): " + "; ".join(rows) + ".\n")
+
+
 def _ready(out: list[str], title: str, summary: dict[str, Any], sims: list[str]) -> None:
     """Scenario 1's tables (one per size), from one run's summary."""
     w = out.append
@@ -280,9 +297,11 @@ def _writer(out: list[str], title: str, summary: dict[str, Any]) -> None:
     """Scenario 5's table, from one run's summary."""
     w = out.append
     w(title)
-    w("A minimal asyncio + aiohttp writer (`bench/writer.py`) PUTs existing Leases in kube-node-lease as fast as it "
+    w("A minimal asyncio writer (`bench/writer.py`) PUTs existing Leases in kube-node-lease as fast as it "
       "can with a bounded number in flight (`PxC`: P processes with C each), no simulator running. The "
-      "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs.\n")
+      "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs. Runs "
+      "from 2026-11-28 on write as shardlet does (its lean HTTP client, a service-account token); earlier "
+      "runs used aiohttp and the admin client certificate, which the apiserver verifies per request.\n")
     w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | etcd CPU % | errors |")
     w("|---|---|---|---|---|---|---|")
     for size, per in sorted(summary["writer"].items(), key=lambda kv: _level_key(_size_val(kv[0], "level", str))):
@@ -427,6 +446,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     # 1. ready
     if "ready" in summary:
         _ready(out, "### 1. Time to Ready, Running, deleted\n", summary, sims)
+        _lapses(out, records)
     # 2. lease-hold
     writer_max = _writer_max(summary)
     if "lease-hold" in summary:
@@ -474,6 +494,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         lsims = list(later["meta"].get("sims", []))
         if "ready" in lsum:
             _ready(out, "### 1. Time to Ready, Running, deleted (partial run)\n", lsum, lsims)
+            _lapses(out, later.get("records", []))
         if "steady" in lsum:
             _steady(out, "### 3. Steady-state cost (partial run)\n", lsum, lsims)
         if "lease-hold" in lsum:

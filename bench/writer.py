@@ -7,6 +7,9 @@ renewTime = now, body = the last object the apiserver returned. Prints one JSON 
 
 Nothing else happens per request (no stage engine, no watch), so this is the ceiling a fake
 kubelet's lease renewals can approach on this box, with the writer's own CPU reported beside it.
+It writes the way shardlet does: shardlet's lean keep-alive client (shardlet.httpclient) and, when
+the kubeconfig holds a client certificate, a service-account token (shardlet.satoken), which spares
+the apiserver a certificate verification per request.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import time
 import aiohttp
 import orjson
 
-from shardlet.api import load_credentials
+from shardlet.api import Kube, load_credentials
+from shardlet.httpclient import HttpPool
 from shardlet.lease import micro_time
+from shardlet.satoken import ensure_account, request_token
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 
@@ -48,6 +53,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         mine = [n for n in names if n in cache]
         if not mine:
             raise SystemExit(f"writer: no leases named {args.prefix}-* found")
+        ctx, auth = creds.ssl, {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+        if creds.ssl_without_cert is not None:
+            kube = Kube(creds)
+            try:
+                await ensure_account(kube)
+                token, _ = await request_token(kube)
+            finally:
+                await kube.close()
+            ctx, auth = creds.ssl_without_cert, {"Authorization": f"Bearer {token}"}
+        pool = HttpPool(creds.server, ctx, limit=args.concurrency, timeout=30)
+        put_headers = {**headers, **auth}
         ok = conflicts = errors = 0
         lat: list[float] = []
         c = max(1, min(args.concurrency, len(mine)))
@@ -65,30 +81,33 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 obj["spec"]["renewTime"] = micro_time()  # type: ignore[index]
                 t0 = time.monotonic()
                 try:
-                    async with s.put(f"{creds.server}{LEASES}/{name}", data=orjson.dumps(obj), headers=headers) as r:
-                        raw = await r.read()
-                        if r.status == 200:
-                            ok += 1
+                    status, raw, _ = await pool.request("PUT", f"{LEASES}/{name}", headers=put_headers,
+                                                        body=orjson.dumps(obj))
+                    if status == 200:
+                        ok += 1
+                        cache[name] = orjson.loads(raw)
+                        lat.append(time.monotonic() - t0)
+                    elif status == 409:
+                        conflicts += 1
+                        status, raw, _ = await pool.request("GET", f"{LEASES}/{name}", headers=put_headers)
+                        if status == 200:
                             cache[name] = orjson.loads(raw)
-                            lat.append(time.monotonic() - t0)
-                        elif r.status == 409:
-                            conflicts += 1
-                            async with s.get(f"{creds.server}{LEASES}/{name}", headers=headers) as g:
-                                cache[name] = orjson.loads(await g.read())
-                        else:
-                            errors += 1
-                except (aiohttp.ClientError, TimeoutError, OSError):
+                    else:
+                        errors += 1
+                except (TimeoutError, OSError):
                     errors += 1
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         await asyncio.gather(*(worker(w) for w in range(c)))
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         took = time.monotonic() - start
+        pool.close()
     lat.sort()
 
     def q(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
     return {"part": args.part, "leases": len(mine), "concurrency": c, "seconds": round(took, 2), "ok": ok,
             "conflicts": conflicts, "errors": errors, "writes_per_s": round(ok / took, 1),
+            "auth": "token" if auth else "certificate",
             "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99),
             "writer_cpu_s": round(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 2), "pid": os.getpid()}
 
