@@ -314,6 +314,11 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, r
 
     import ray
 
+    # Import the shard's code now, before joining Ray: under `ray job submit` this driver runs out
+    # of the job's working_dir, which Ray may delete once it counts no worker using it (seen in CI:
+    # FileNotFoundError for shardlet/actor.py between ray.init and the first actor).
+    import shardlet.actor  # noqa: F401
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray_address and os.environ.get("RAY_ADDRESS"):
         ray_address = "auto"   # started by `ray job submit`: join the job's cluster
