@@ -146,6 +146,22 @@ def node_ready(node: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
 
 
+def prom_series(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text exposition as (name, labels, value) rows."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        out.append((name, dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+    return out
+
+
+def prom_sum(series: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(v for n, lb, v in series if n == name and all(lb.get(k) == x for k, x in labels.items()))
+
+
 class ReadyMonitor:
     """Polls the scaled nodes from the moment they are Ready; records every NotReady seen."""
 

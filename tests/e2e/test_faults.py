@@ -60,7 +60,7 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, alive
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 
-from .conftest import SHARDLET, Kubectl, ShardletProcess, node_ready, poll
+from .conftest import SHARDLET, Kubectl, ShardletProcess, node_ready, poll, prom_series, prom_sum
 
 pytestmark = pytest.mark.e2e
 
@@ -150,21 +150,6 @@ def _ts(s: str | None) -> float:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() if s else 0.0
 
 
-def _series(text: str) -> list[tuple[str, dict[str, str], float]]:
-    out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        out.append((name, dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
-    return out
-
-
-def _metric(series: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    return sum(v for n, lb, v in series if n == name and all(lb.get(k) == x for k, x in labels.items()))
-
-
 class Run(ShardletProcess):
     """`shardlet run` as a user starts it (own session, JSON log), with the log to read back
     (events, wait_for and tail are ShardletProcess's)."""
@@ -198,7 +183,7 @@ class Run(ShardletProcess):
             self.metrics_port = int(self.wait_for("metrics_serving", 10)["port"])
         port = self.metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            return _series(r.read().decode())
+            return prom_series(r.read().decode())
 
     def terminate(self) -> tuple[int | None, float]:
         """SIGTERM; (exit code or None if still running after SHUTDOWN_S, seconds it took)."""
@@ -547,7 +532,7 @@ def assert_leases_renewed(env: Env, m: FaultMonitor, fault_start: float, back: f
 
 def relists(run: Run) -> dict[str, float]:
     s = run.metrics()
-    return {r: _metric(s, "shardlet_relists_total", resource=r) for r in ("nodes", "pods")}
+    return {r: prom_sum(s, "shardlet_relists_total", resource=r) for r in ("nodes", "pods")}
 
 
 def expired(run: Run, since: float) -> dict[str, int]:
@@ -692,7 +677,7 @@ spec:
 def _seats(env: Env, level: str) -> float | None:
     """The apiserver's current execution seats of a priority level (None until it is in effect)."""
     text = env.k.run("get", "--raw", "/metrics").stdout
-    for name, labels, v in _series(text):
+    for name, labels, v in prom_series(text):
         if name == "apiserver_flowcontrol_current_limit_seats" and labels.get("priority_level") == level:
             return v
     return None
@@ -706,10 +691,10 @@ async def _create_pods(c: Cluster, ns: str, names: list[str], spec: dict[str, An
 
 def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor: FaultMonitor) -> None:
     before = _pods(env.api, "faults-a")
-    throttled0 = _metric(main_run.metrics(), "shardlet_apiserver_requests_total", code="429")
+    throttled0 = prom_sum(main_run.metrics(), "shardlet_apiserver_requests_total", code="429")
 
     def throttled() -> float:
-        return _metric(main_run.metrics(), "shardlet_apiserver_requests_total", code="429") - throttled0
+        return prom_sum(main_run.metrics(), "shardlet_apiserver_requests_total", code="429") - throttled0
     t0 = time.time()
     env.k.apply(SQUEEZE)
     try:
