@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,13 +130,10 @@ def go() -> str | None:
     return shutil.which("go")
 
 
-def fetch_pprof(base_url: str, ca: Path, cert: Path, key: Path, seconds: int, out: Path) -> None:
+def fetch_pprof(base_url: str, ctx: ssl.SSLContext, seconds: int, out: Path) -> None:
     """A CPU profile of the apiserver (it serves /debug/pprof to cluster-admin by default)."""
-    import ssl
     import urllib.request
 
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
     url = f"{base_url}/debug/pprof/profile?seconds={seconds}"
     with urllib.request.urlopen(url, timeout=seconds + 60, context=ctx) as r:
         out.write_bytes(r.read())

@@ -711,12 +711,10 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
                     pw = await PodWatch(env.kube).start()
                     try:
                         if go_bin is not None and api_s > 0:
-                            k = env.cluster.pki
-                            base = env.kube.base
+                            ctx, base = env.cluster.admin_ssl(), env.kube.base
 
-                            async def capture(pw: PodWatch = pw, k: Any = k, base: str = base) -> None:
-                                await asyncio.to_thread(fetch_pprof, base, k.ca_cert, k.admin_cert, k.admin_key,
-                                                        api_s, api_file)
+                            async def capture(pw: PodWatch = pw, ctx: Any = ctx, base: str = base) -> None:
+                                await asyncio.to_thread(fetch_pprof, base, ctx, api_s, api_file)
                                 # the work done in the window, to put the CPU-seconds per pod
                                 rec["m"]["api_window_pods_running"] = len(pw.running)
                             api_prof = asyncio.create_task(capture())

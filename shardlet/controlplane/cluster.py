@@ -274,7 +274,8 @@ class Cluster:
         st.save(self.state_file)
         log.debug("component_started", cluster=self.name, component=name, pid=proc.pid)
 
-    def _ssl(self) -> ssl.SSLContext:
+    def admin_ssl(self) -> ssl.SSLContext:
+        """TLS as cluster-admin: the cluster's CA and the admin client certificate."""
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return ctx
@@ -282,7 +283,7 @@ class Cluster:
     def _wait_http(self, url: str, comp: str, st: State, timeout: float) -> None:
         ctx: ssl.SSLContext | None = None
         if url.startswith("https://"):
-            ctx = self._ssl()
+            ctx = self.admin_ssl()
             if comp != "kube-apiserver":  # controllers serve a self-signed cert of their own
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
