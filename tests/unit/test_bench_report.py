@@ -106,6 +106,28 @@ def test_lease_hold_capacity_states_the_rate_seen_not_only_the_rate_needed(tmp_p
         assert row in later, (row, later[:2000])
 
 
+def test_a_capacity_that_reached_hold_max_is_shown_as_a_lower_bound(tmp_path: Path) -> None:
+    """shardlet held the largest size tried: the table says so (≥), with the NotReady transitions
+    of its ramp, and a lag past shardlet's top histogram bucket reads as such, not as 'inf'."""
+    run = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    shutil.copy(run, tmp_path / run.name)
+    data = json.loads(run.read_text())
+    caps = {r["sim"]: r["m"] for r in data["records"] if r["scenario"] == "lease-hold"}
+    assert caps["s1"]["capped"] and not caps["kwok"]["capped"]
+    report.render(tmp_path / run.name, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    later = text.partition("## Later partial run:")[2]
+    step = next(s for r in data["records"] if r["sim"] == "s1" and r["scenario"] == "lease-hold"
+                for s in r["x"]["steps"] if s["nodes"] == caps["s1"]["capacity_nodes"])
+    assert f"| shardlet S=1 | {caps['s1']['capacity_nodes']:,} (≥, hit hold_max) | - |" in later
+    assert later.split("| shardlet S=1 | 24,000 (≥")[1].split("\n")[0].endswith(f"| {step['ramp_transitions']} |")
+    assert f"| kwok | {caps['kwok']['capacity_nodes']:,} | {caps['kwok']['first_failure_nodes']:,} |" in later
+    assert "| inf |" not in text and "| > 40 |" in later
+    hold = _row(report.target_rows(tmp_path), "2. lease-hold")
+    assert hold[3].endswith("(≥, hit hold_max)") and hold[5] == "**met**"
+
+
 def _row(rows: list[tuple[str, ...]], target: str, measure: str = "") -> tuple[str, ...]:
     hits = [r for r in rows if r[0].startswith(target) and measure in r[1]]
     assert len(hits) == 1, (target, measure, rows)
