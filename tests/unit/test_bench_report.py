@@ -128,6 +128,24 @@ def test_a_capacity_that_reached_hold_max_is_shown_as_a_lower_bound(tmp_path: Pa
     assert hold[3].endswith("(≥, hit hold_max)") and hold[5] == "**met**"
 
 
+def test_a_time_target_names_the_repeats_in_which_a_simulator_lapsed_or_failed(tmp_path: Path) -> None:
+    """In run 0440 kwok's leases lapsed in the pods phase of its first repeat and its third timed
+    out: the pods rows say so next to their verdict; the 1,000-node row, where none lapsed, does not."""
+    run = FULL.parent / "2026-11-28T0440-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    shutil.copy(run, tmp_path / run.name)
+    data = json.loads(run.read_text())
+    big = [r for r in data["records"] if r["sim"] == "kwok" and r["size"].get("pods")]
+    failed = sum(1 for r in big if r.get("error"))
+    lapsed = sum(1 for r in big if not r.get("error") and r["x"]["pods_phase"]["requests"].get("PUT nodes/status"))
+    assert (failed, lapsed) == (1, 1)
+    rows = report.target_rows(tmp_path)
+    for measure in ("pods Running", "pods deleted"):
+        assert _row(rows, "1.", measure)[5].endswith(
+            f"(kwok: leases lapsed in {lapsed} of {len(big)} repeats, {failed} failed)")
+    assert _row(rows, "1.", "1,000 nodes Ready")[5] == "**met**"
+
+
 def _row(rows: list[tuple[str, ...]], target: str, measure: str = "") -> tuple[str, ...]:
     hits = [r for r in rows if r[0].startswith(target) and measure in r[1]]
     assert len(hits) == 1, (target, measure, rows)
