@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.sims import label, parse_sim
 from bench.stats import summarize
+from shardlet.metrics import LEASE_LAG_BUCKETS
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -65,8 +66,8 @@ def render(path: Path, readme_path: Path | None = README) -> str:
 
 # -- formatting ------------------------------------------------------------------------------
 def _lag(v: float | None) -> str:
-    # shardlet's lag histogram tops out at 40 s (shardlet.metrics); past it the quantile is +Inf
-    return "> 40" if v is not None and v == float("inf") else _num(v)
+    # past the top bucket of shardlet's lag histogram the quantile estimate is +Inf
+    return f"> {LEASE_LAG_BUCKETS[-1]:g}" if v is not None and v == float("inf") else _num(v)
 
 
 def _num(v: float | None) -> str:
@@ -136,6 +137,11 @@ def _errors(summary: dict[str, Any]) -> list[str]:
 
 
 # -- the README ------------------------------------------------------------------------------
+def _lapsed_puts(r: dict[str, Any], phase: str) -> float:
+    """Node statuses the controller-manager wrote in a ready run's phase: one per lapsed lease."""
+    return float(((r["x"].get(phase) or {}).get("requests") or {}).get("PUT nodes/status", 0))
+
+
 def _lapses(out: list[str], records: list[dict[str, Any]]) -> None:
     """Runs in which nodes went NotReady: the controller-manager PUTs a node's status (Unknown)
     only when its lease lapsed, and the simulator then patches it back, which slows everything."""
@@ -143,8 +149,7 @@ def _lapses(out: list[str], records: list[dict[str, Any]]) -> None:
     for r in records:
         if r["scenario"] != "ready" or r.get("error"):
             continue
-        counts = {ph.removesuffix("_phase"): (r["x"].get(ph) or {}).get("requests", {}).get("PUT nodes/status", 0)
-                  for ph in ("nodes_phase", "pods_phase", "delete_phase")}
+        counts = {ph.removesuffix("_phase"): _lapsed_puts(r, ph) for ph in ("nodes_phase", "pods_phase", "delete_phase")}
         if any(counts.values()):
             rows.append(f"{label(r['sim'])} {r['size'].get('nodes', 0):,} nodes, repeat {r['repeat'] + 1}: "
                         + ", ".join(f"{k} {int(v):,}" for k, v in counts.items() if v))
@@ -163,8 +168,7 @@ def _lapse_note(records: list[dict[str, Any]], nodes: int, pods: int, metric: st
     for sim in ("kwok", "s1"):
         reps = [r for r in records if r["scenario"] == "ready" and r["sim"] == sim
                 and r["size"].get("nodes") == nodes and (r["size"].get("pods") or 0) == pods]
-        lapsed = sum(1 for r in reps if not r.get("error")
-                     and ((r["x"].get(_PHASE_OF[metric]) or {}).get("requests") or {}).get("PUT nodes/status", 0))
+        lapsed = sum(1 for r in reps if not r.get("error") and _lapsed_puts(r, _PHASE_OF[metric]))
         failed = sum(1 for r in reps if r.get("error"))
         if lapsed or failed:
             notes.append(f"{label(sim)}: leases lapsed in {lapsed} of {len(reps)} repeats"
