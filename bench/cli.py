@@ -33,7 +33,7 @@ FULL: dict[str, Any] = {
     "nodes": [1000, 5000], "pods": 10000,
     "steady_nodes": 5000, "steady_pods": 10000, "window": 120, "settle": 30,
     "scaling_nodes": 5000, "scaling_pods": 10000,
-    "hold": 300, "hold_start": 1000, "hold_max": 64000, "hold_bisect": 1,
+    "hold": 300, "hold_start": 1000, "hold_max": 64000, "hold_bisect": 1, "hold_grow": 2, "hold_stall": 240,
     "writer_leases": 5000, "writer": ["16", "64", "256", "2x64"], "writer_duration": 30,
     "profile_nodes": 5000, "profile_pods": 10000, "profile_idle": 60, "profile_api_s": 20,
 }
@@ -41,7 +41,7 @@ QUICK: dict[str, Any] = {
     "nodes": [100, 300], "pods": 600,
     "steady_nodes": 300, "steady_pods": 600, "window": 20, "settle": 5,
     "scaling_nodes": 300, "scaling_pods": 600,
-    "hold": 20, "hold_start": 100, "hold_max": 200, "hold_bisect": 1,
+    "hold": 20, "hold_start": 100, "hold_max": 200, "hold_bisect": 1, "hold_grow": 2, "hold_stall": 60,
     "writer_leases": 300, "writer": ["8", "32"], "writer_duration": 5,
     "profile_nodes": 300, "profile_pods": 600, "profile_idle": 10, "profile_api_s": 5,
 }
@@ -108,6 +108,8 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, A
                     sizes[k] = float(v) if "." in v else int(v)
             except ValueError:
                 raise SystemExit(f"bench: --sizes {item!r}: not a number") from None
+    if float(sizes["hold_grow"]) <= 1:
+        raise SystemExit(f"bench: --sizes hold_grow={sizes['hold_grow']}: must be above 1 (each size a multiple of the last)")
     # the other scenarios follow the largest ready size unless given
     for k in ("steady", "scaling", "profile"):
         if "nodes" in given and f"{k}_nodes" not in given:
@@ -146,10 +148,10 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                                + sizes["window"])
             elif sc == "lease-hold":
                 # assume it breaks around 16k nodes (or at hold_max), plus one bisect
-                n = int(sizes["hold_start"])
+                n, grow = int(sizes["hold_start"]), max(1.1, float(sizes["hold_grow"]))
                 steps = [n]   # the first size always runs, even past 16k
-                while n * 2 <= min(int(sizes["hold_max"]), 16000):
-                    n *= 2
+                while n * grow <= min(int(sizes["hold_max"]), 16000):
+                    n = int(n * grow)
                     steps.append(n)
                 t += sum(s / 250 + 30 + sizes["hold"] for s in steps) + 2 * overhead(sim) + steps[-1] / 170 + sizes["hold"]
         if sc == "profile":

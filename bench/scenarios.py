@@ -352,7 +352,8 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
     step["create_s"] = c["create_s"]
     try:
         t_ready = await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n,
-                                 lambda: f"{len(nw.ready)}/{n} Ready", 120 + n / 25, bench.log, env.sim_alive)
+                                 lambda: f"{len(nw.ready)}/{n} Ready", 120 + n / 25, bench.log, env.sim_alive,
+                                 count=lambda: len(nw.ready), stall=float(bench.sizes.get("hold_stall", 240)))
     except (TimeoutError, RuntimeError) as e:
         step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready))
         return step
@@ -416,12 +417,14 @@ def _round_size(v: float) -> int:
 
 async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
     start, cap = int(bench.sizes["hold_start"]), int(bench.sizes["hold_max"])
-    rec = record("lease-hold", sim, rep, {"hold_s": float(bench.sizes["hold"]), "start": start, "max": cap})
+    grow = float(bench.sizes.get("hold_grow", 2))
+    rec = record("lease-hold", sim, rep, {"hold_s": float(bench.sizes["hold"]), "start": start, "max": cap,
+                                          "grow": grow})
     steps: list[dict[str, Any]] = []
     rec["x"]["steps"] = steps
     good, bad = 0, None
     env = None
-    bench.log(f"  [lease-hold] {label(sim)}: from {start} nodes, doubling up to {cap}")
+    bench.log(f"  [lease-hold] {label(sim)}: from {start} nodes, growing x{grow:g} up to {cap}")
     try:
         async with environment(bench, sim) as env:
             nw = await NodeWatch(env.kube).start()
@@ -435,7 +438,7 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
                         bad = n
                         break
                     good = n
-                    n *= 2
+                    n = max(n + 1, _round_size(n * grow))
             finally:
                 await nw.stop()
         _finish(rec, env)

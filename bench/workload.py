@@ -207,12 +207,22 @@ async def settle(nw: NodeWatch, log: Callable[[str], None], alive: Callable[[], 
 async def wait_for(what: str, done: Callable[[], bool], progress: Callable[[], str], timeout: float,
                    log: Callable[[str], None], alive: Callable[[], bool] | None = None,
                    every: float = 10.0, series: list[tuple[float, int]] | None = None,
-                   count: Callable[[], int] | None = None, t_ref: float = 0.0) -> float:
-    """Poll until done() or raise TimeoutError; returns when it became true (monotonic)."""
+                   count: Callable[[], int] | None = None, t_ref: float = 0.0,
+                   stall: float | None = None) -> float:
+    """Poll until done() or raise TimeoutError; returns when it became true (monotonic). With
+    `stall` (and `count`), also give up once count() has not passed its best for that long: a
+    size that cannot be held then fails in minutes instead of sitting out the whole timeout."""
     t0 = time.monotonic()
     last = t0
+    best, best_t = -1, t0
     while not done():
         now = time.monotonic()
+        if stall is not None and count is not None:
+            c = count()
+            if c > best:
+                best, best_t = c, now
+            elif now - best_t > stall:
+                raise TimeoutError(f"{what}: stalled, no progress for {stall:.0f}s ({progress()})")
         if series is not None and count is not None and (not series or now - t_ref - series[-1][0] >= 0.5):
             series.append((round(now - t_ref, 2), count()))
         if now - t0 > timeout:

@@ -22,3 +22,15 @@ def test_lease_hold_estimate_grows_with_each_doubling() -> None:
     one = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=4000, hold_max=4000), 1)["lease-hold"]
     three = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=4000, hold_max=16000), 1)["lease-hold"]
     assert three > one
+
+
+def test_a_smaller_growth_factor_means_more_steps_and_one_at_most_1_is_refused() -> None:
+    two = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=2000, hold_max=16000), 1)["lease-hold"]
+    finer = cli.estimate(["lease-hold"], ["s1"], _sizes(hold_start=2000, hold_max=16000, hold_grow=1.5), 1)
+    assert finer["lease-hold"] > two
+    try:
+        _sizes(hold_grow=1)
+    except SystemExit as e:
+        assert "hold_grow=1" in str(e)
+    else:
+        raise AssertionError("hold_grow=1 accepted")

@@ -206,3 +206,28 @@ def test_a_failed_target_says_not_met_and_the_readme_opens_with_the_targets(tmp_
     report.render(p, tmp_path / "README.md")
     text = (tmp_path / "README.md").read_text()
     assert text.index("## Where shardlet stands on the targets") < text.index("## Results:")
+
+
+def test_the_writer_share_comes_from_a_later_run_without_kwok_but_the_kwok_ratio_does_not(tmp_path: Path) -> None:
+    """A lease-hold run of shardlet alone (searching past the last hold_max) gives the share of the
+    raw writer, which needs no kwok beside it; the ratio to kwok stays with the run that had both."""
+    both = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    shutil.copy(both, tmp_path / both.name)
+    data = json.loads(both.read_text())
+    data["records"] = [r for r in data["records"] if r["sim"] != "kwok"]
+    for r in data["records"]:
+        if r["scenario"] == "lease-hold":
+            for s in r["x"]["steps"]:
+                s["lease_puts_per_s"] = round(s["lease_puts_per_s"] * 1.25, 1)   # tell the runs apart
+    alone = tmp_path / "2026-11-29T0000-vm.json"
+    alone.write_text(json.dumps(data))
+    s1 = next(r for r in data["records"] if r["scenario"] == "lease-hold")
+    seen = next(s["lease_puts_per_s"] for s in s1["x"]["steps"] if s["nodes"] == s1["m"]["capacity_nodes"])
+    writer_max = max(report._writer_max(report.summarize(json.loads(p.read_text())["records"])) or 0
+                     for p in (FULL, both))
+    rows = report.target_rows(tmp_path)
+    share = _row(rows, "2. ≥ 80%")
+    assert share[2] == "-" and share[3] == report._num(seen) and alone.stem in share[6]
+    assert share[4] == f"{100 * seen / writer_max:.0f}%" and "24,000 nodes, ≥" in share[1]
+    assert both.stem in _row(rows, "2. lease-hold")[6]
