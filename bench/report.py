@@ -284,7 +284,7 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
                 f"{'held' if s.get('ok') else 'FAILED'} | {_num(s.get('ready_s'))} | {_num(s.get('lease_puts_per_s'))} "
                 f"/ {_num(s.get('expected_puts_per_s'))} | {_num(s.get('lease_age_max_s'))} | "
                 f"{_lag(s.get('shardlet_lease_lag_p99_s'))} | {s.get('transitions', '-')} | "
-                f"{s.get('ramp_transitions', '-')} | "
+                f"{_ramp(s)} | "
                 f"{_num(s.get('sim_cpu_per_1k_nodes_min'))} | {s.get('reason', '')} |")
     if steps_rows:
         w("\n<details><summary>Every step</summary>\n")
@@ -577,6 +577,16 @@ def _level_key(level: Any) -> tuple[int, int]:
         return (int(p), int(c)) if c else (1, int(p))
     except ValueError:
         return (0, 0)
+
+
+def _ramp(step: dict[str, Any]) -> str:
+    """NotReady transitions while a step added nodes, split when the run recorded which nodes."""
+    n = step.get("ramp_transitions", "-")
+    if "ramp_transitions_added_nodes" not in step:
+        return str(n)
+    after = step.get("ramp_notready_after_ready_s") or {}
+    return (f"{n}: {step['ramp_transitions_added_nodes']} added, {step['ramp_transitions_earlier_nodes']} earlier"
+            + (f"; added ones {_num(after.get('p50'))} s (median) after their first Ready" if after else ""))
 
 
 def _growth(sizes: dict[str, Any]) -> str:

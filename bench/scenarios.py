@@ -359,6 +359,7 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
         return step
     step["ready_s"] = round(t_ready - t0, 1)
     step["ramp_transitions"] = len(nw.transitions) - base
+    step.update(ramp_breakdown(nw, base, have))
     base = len(nw.transitions)
     ph = await env.phase().begin()
     ages: list[dict[str, Any]] = []
@@ -408,6 +409,21 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
               f"(need {step['expected_puts_per_s']}), lease age max {step['lease_age_max_s']}s"
               + ("" if step["ok"] else f" ({step['reason']})"))
     return step
+
+
+def ramp_breakdown(nw: NodeWatch, base: int, have: int) -> dict[str, Any]:
+    """Which nodes went NotReady while a step added nodes: ones this step added (their first lease
+    came too late) or ones that were already there (their renewals fell behind), and how long after
+    an added node first turned Ready it went NotReady."""
+    ramp = nw.transitions[base:]
+    if not ramp:
+        return {}
+    new = [(t, name) for t, name in ramp if int(name.rsplit("-", 1)[1]) >= have]
+    added = len(new)
+    after = sorted(t - nw.first_ready[name] for t, name in new if name in nw.first_ready)
+    return {"ramp_transitions_added_nodes": added, "ramp_transitions_earlier_nodes": len(ramp) - added,
+            "ramp_notready_after_ready_s": {"min": round(after[0], 1), "p50": round(after[len(after) // 2], 1),
+                                            "max": round(after[-1], 1)} if after else None}
 
 
 def _round_size(v: float) -> int:
