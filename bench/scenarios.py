@@ -355,7 +355,9 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
                                  lambda: f"{len(nw.ready)}/{n} Ready", 120 + n / 25, bench.log, env.sim_alive,
                                  count=lambda: len(nw.ready), stall=float(bench.sizes.get("hold_stall", 240)))
     except (TimeoutError, RuntimeError) as e:
-        step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready))
+        # a size that never got all Ready often knocked earlier nodes over: say which
+        step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready),
+                    ramp_transitions=len(nw.transitions) - base, **ramp_breakdown(nw, base, have))
         return step
     step["ready_s"] = round(t_ready - t0, 1)
     step["ramp_transitions"] = len(nw.transitions) - base
@@ -401,6 +403,11 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
         apiserver_cpu_s=cpu["apiserver_cpu_s"], etcd_cpu_s=cpu["etcd_cpu_s"],
         sim_cpu_per_1k_nodes_min=round(cpu["sim_cpu_s"] / (n / 1000) / (held / 60), 3) if held > 0 else None,
         mem=mem_summary(env.meter.memory()),
+        # where the box's CPU and the apiserver's requests went while the size held: what the raw
+        # writer (scenario 5) does not have to share the apiserver with
+        cpu_pct={g: round(100 * v / held, 1) for g, v in cpu["groups"].items()} if held > 0 else {},
+        requests_per_s={k: round(v / held, 1) for k, v in sorted(cpu["requests"].items(), key=lambda kv: -kv[1])[:8]}
+        if held > 0 else {},
     )
     step["ok"] = trans == 0 and not_ready == 0 and "reason" not in step and held >= hold * 0.98
     if not step["ok"] and "reason" not in step:

@@ -231,3 +231,20 @@ def test_the_writer_share_comes_from_a_later_run_without_kwok_but_the_kwok_ratio
     assert share[2] == "-" and share[3] == report._num(seen) and alone.stem in share[6]
     assert share[4] == f"{100 * seen / writer_max:.0f}%" and "24,000 nodes, ≥" in share[1]
     assert both.stem in _row(rows, "2. lease-hold")[6]
+
+
+def test_the_capacity_step_says_where_cpu_and_requests_went_when_recorded(tmp_path: Path) -> None:
+    run = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    data = json.loads(run.read_text())
+    for r in data["records"]:
+        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
+            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
+            step["cpu_pct"] = {"etcd": 19.0, "kube-apiserver": 127.4, "runner": 23.0}
+            step["requests_per_s"] = {"PUT leases": 826.6, "PATCH nodes/status": 40.2}
+    (tmp_path / run.name).write_text(json.dumps(data))
+    report.render(tmp_path / run.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    assert ("While shardlet S=1 held 24,000 nodes — CPU % by process: kube-apiserver 127, runner 23, etcd 19; "
+            "apiserver requests/s: PUT leases 827, PATCH nodes/status 40.2.") in later
+    assert "While kwok held" not in later   # not recorded for it in this run
