@@ -289,14 +289,14 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
         for s in r["x"].get("steps", []):
             steps_rows.append(
                 f"| {label(r['sim'])} | {s['nodes']:,}{' (bisect)' if s.get('bisect') else ''} | "
-                f"{'held' if s.get('ok') else 'FAILED'} | {_num(s.get('ready_s'))} | {_num(s.get('lease_puts_per_s'))} "
+                f"{'held' if s.get('ok') else 'FAILED'} | {_ready_settle(s)} | {_num(s.get('lease_puts_per_s'))} "
                 f"/ {_num(s.get('expected_puts_per_s'))} | {_num(s.get('lease_age_max_s'))} | "
                 f"{_lag(s.get('shardlet_lease_lag_p99_s'))} | {s.get('transitions', '-')} | "
                 f"{_ramp(s)} | "
                 f"{_num(s.get('sim_cpu_per_1k_nodes_min'))} | {s.get('reason', '')} |")
     if steps_rows:
         w("\n<details><summary>Every step</summary>\n")
-        w("| simulator | nodes | result | Ready after (s) | lease PUT/s seen / needed | oldest lease renewTime (s) "
+        w("| simulator | nodes | result | Ready after (s) (+ until untainted) | lease PUT/s seen / needed | oldest lease renewTime (s) "
           "| shardlet lease lag p99 (s) | NotReady transitions (hold) | (while adding nodes) "
           "| sim CPU-s / 1k nodes / min | why |")
         w("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -585,6 +585,15 @@ def _level_key(level: Any) -> tuple[int, int]:
         return (int(p), int(c)) if c else (1, int(p))
     except ValueError:
         return (0, 0)
+
+
+def _ready_settle(step: dict[str, Any]) -> str:
+    """Seconds until all Ready, then until the controller-manager's lifecycle taints were gone."""
+    if "settle_s" not in step:
+        return _num(step.get("ready_s"))
+    if step["settle_s"] is None:
+        return f"{_num(step.get('ready_s'))} (+ taints: {step.get('tainted_at_hold')} left)"
+    return f"{_num(step.get('ready_s'))} + {_num(step['settle_s'])}"
 
 
 def _ramp(step: dict[str, Any]) -> str:

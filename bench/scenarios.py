@@ -360,6 +360,15 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
                     ramp_transitions=len(nw.transitions) - base, **ramp_breakdown(nw, base, have))
         return step
     step["ready_s"] = round(t_ready - t0, 1)
+    # kube-controller-manager taints every new node not-ready and untaints it once Ready (a GET and
+    # two PATCHes of the Node each); measured in run 2026-11-28T1353 it was still working off that
+    # backlog of the ramp during the hold (45 node PATCHes/s at 24k). The hold measures leases
+    # alone once it has caught up, as the steady scenario does; if it cannot, it holds anyway.
+    try:
+        step["settle_s"] = await settle(nw, bench.log, env.sim_alive, timeout=120 + n / 50)
+    except TimeoutError:
+        step["settle_s"] = None
+    step["tainted_at_hold"] = len(nw.tainted)
     step["ramp_transitions"] = len(nw.transitions) - base
     step.update(ramp_breakdown(nw, base, have))
     base = len(nw.transitions)

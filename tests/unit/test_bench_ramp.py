@@ -35,3 +35,10 @@ def test_the_step_table_shows_the_split_when_recorded() -> None:
     step = {"ramp_transitions": 4, "ramp_transitions_added_nodes": 3, "ramp_transitions_earlier_nodes": 1,
             "ramp_notready_after_ready_s": {"min": 55.0, "p50": 60.0, "max": 89.0}}
     assert _ramp(step) == "4: 3 added, 1 earlier; added ones 60.0 s (median) after their first Ready"
+
+
+def test_the_step_table_adds_the_wait_for_the_controllers_taints_when_recorded() -> None:
+    from bench.report import _ready_settle
+    assert _ready_settle({"ready_s": 500.2}) == "500"
+    assert _ready_settle({"ready_s": 500.2, "settle_s": 81.5, "tainted_at_hold": 0}) == "500 + 81.5"
+    assert _ready_settle({"ready_s": 500.2, "settle_s": None, "tainted_at_hold": 312}) == "500 (+ taints: 312 left)"
