@@ -148,10 +148,12 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                                + sizes["window"])
             elif sc == "lease-hold":
                 # assume it breaks around 16k nodes (or at hold_max), plus one bisect
-                n, grow = int(sizes["hold_start"]), max(1.1, float(sizes["hold_grow"]))
+                # the scenario's own size steps (its module is loaded lazily: the estimate is arithmetic)
+                from bench.scenarios import next_hold_size
+                n = int(sizes["hold_start"])
                 steps = [n]   # the first size always runs, even past 16k
-                while n * grow <= min(int(sizes["hold_max"]), 16000):
-                    n = int(n * grow)
+                while (nxt := next_hold_size(n, float(sizes["hold_grow"]))) <= min(int(sizes["hold_max"]), 16000):
+                    n = nxt
                     steps.append(n)
                 t += sum(s / 250 + 30 + sizes["hold"] for s in steps) + 2 * overhead(sim) + steps[-1] / 170 + sizes["hold"]
         if sc == "profile":

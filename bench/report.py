@@ -258,6 +258,7 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
       "| simulator CPU-s per 1k nodes per min at capacity | NotReady transitions while adding the last nodes "
       "|\n|---|---|---|---|---|---|---|---|---|")
     steps_rows = []
+    held_lines = []   # where CPU and requests went at capacity, below the table
     for _size, per in summary["lease-hold"].items():
         for sim in sims:
             c = per.get(sim)
@@ -272,14 +273,13 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
               f"{_num(_med(c, 'first_failure_nodes'))} | {_num(cap / 10 if cap else None)} | {_num(seen)} | {frac} | "
               f"{_num(at.get('lease_age_max_s'))} | {_num(_med(c, 'capacity_sim_cpu_per_1k_nodes_min'))} | "
               f"{at.get('ramp_transitions', '-')} |")
-    for sim in sims:
-        cap = next((_med(per[sim], "capacity_nodes") for per in summary["lease-hold"].values() if per.get(sim)), None)
-        at = _capacity_step(records, sim, cap)
-        if at.get("cpu_pct"):
-            w(f"\nWhile {label(sim)} held {_num(cap)} nodes — CPU % by process: "
-              + ", ".join(f"{g} {v:.0f}" for g, v in sorted(at["cpu_pct"].items(), key=lambda kv: -kv[1]))
-              + "; apiserver requests/s: " + ", ".join(f"{k} {_num(v)}" for k, v in at["requests_per_s"].items())
-              + ".")
+            if at.get("cpu_pct"):
+                held_lines.append(
+                    f"\nWhile {label(sim)} held {_num(cap)} nodes — CPU % by process: "
+                    + ", ".join(f"{g} {v:.0f}" for g, v in sorted(at["cpu_pct"].items(), key=lambda kv: -kv[1]))
+                    + "; apiserver requests/s: "
+                    + ", ".join(f"{k} {_num(v)}" for k, v in at["requests_per_s"].items()) + ".")
+    out.extend(held_lines)
     w("\nPast what the apiserver serves at the kubelet's cadence (a renewal every 10 s), renewals queue and "
       "each lease is renewed less often; a node stays Ready while its lease is younger than the 50 s grace "
       "period. \"Seen\" is what the apiserver served while the size held (`apiserver_request_total`).\n")

@@ -356,8 +356,7 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
                                  count=lambda: len(nw.ready), stall=float(bench.sizes.get("hold_stall", 240)))
     except (TimeoutError, RuntimeError) as e:
         # a size that never got all Ready often knocked earlier nodes over: say which
-        step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready),
-                    ramp_transitions=len(nw.transitions) - base, **ramp_breakdown(nw, base, have))
+        step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready), **ramp_breakdown(nw, base, have))
         return step
     step["ready_s"] = round(t_ready - t0, 1)
     # kube-controller-manager taints every new node not-ready and untaints it once Ready (a GET and
@@ -369,7 +368,6 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
     except TimeoutError:
         step["settle_s"] = None
     step["tainted_at_hold"] = len(nw.tainted)
-    step["ramp_transitions"] = len(nw.transitions) - base
     step.update(ramp_breakdown(nw, base, have))
     base = len(nw.transitions)
     ph = await env.phase().begin()
@@ -433,11 +431,12 @@ def ramp_breakdown(nw: NodeWatch, base: int, have: int) -> dict[str, Any]:
     an added node first turned Ready it went NotReady."""
     ramp = nw.transitions[base:]
     if not ramp:
-        return {}
+        return {"ramp_transitions": 0}
     new = [(t, name) for t, name in ramp if int(name.rsplit("-", 1)[1]) >= have]
     added = len(new)
     after = sorted(t - nw.first_ready[name] for t, name in new if name in nw.first_ready)
-    return {"ramp_transitions_added_nodes": added, "ramp_transitions_earlier_nodes": len(ramp) - added,
+    return {"ramp_transitions": len(ramp),
+            "ramp_transitions_added_nodes": added, "ramp_transitions_earlier_nodes": len(ramp) - added,
             "ramp_notready_after_ready_s": {"min": round(after[0], 1), "p50": round(after[len(after) // 2], 1),
                                             "max": round(after[-1], 1)} if after else None}
 
@@ -445,6 +444,11 @@ def ramp_breakdown(nw: NodeWatch, base: int, have: int) -> dict[str, Any]:
 def _round_size(v: float) -> int:
     step = 100 if v < 10000 else 500
     return int(round(v / step) * step)
+
+
+def next_hold_size(n: int, grow: float) -> int:
+    """The lease-hold size after `n`: n x grow, rounded, and at least one node more."""
+    return max(n + 1, _round_size(n * grow))
 
 
 async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
@@ -470,7 +474,7 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
                         bad = n
                         break
                     good = n
-                    n = max(n + 1, _round_size(n * grow))
+                    n = next_hold_size(n, grow)
             finally:
                 await nw.stop()
         _finish(rec, env)

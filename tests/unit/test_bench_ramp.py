@@ -19,14 +19,15 @@ def test_transitions_split_into_nodes_this_step_added_and_earlier_ones() -> None
     ramp = [(70.0, node_name(5)), (80.0, node_name(150)), (95.0, node_name(120)), (99.0, node_name(101))]
     first = {node_name(5): 0.5, node_name(150): 20.0, node_name(120): 40.0, node_name(101): 10.0}
     out = ramp_breakdown(_watch(before + ramp, first), base=len(before), have=100)
+    assert out["ramp_transitions"] == 4
     assert out["ramp_transitions_added_nodes"] == 3
     assert out["ramp_transitions_earlier_nodes"] == 1
     # added nodes went NotReady 60, 55 and 89 s after they first turned Ready
     assert out["ramp_notready_after_ready_s"] == {"min": 55.0, "p50": 60.0, "max": 89.0}
 
 
-def test_no_transitions_add_nothing() -> None:
-    assert ramp_breakdown(_watch([(1.0, node_name(3))], {}), base=1, have=100) == {}
+def test_no_transitions_count_zero_with_no_split() -> None:
+    assert ramp_breakdown(_watch([(1.0, node_name(3))], {}), base=1, have=100) == {"ramp_transitions": 0}
 
 
 def test_the_step_table_shows_the_split_when_recorded() -> None:
