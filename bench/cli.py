@@ -34,6 +34,7 @@ FULL: dict[str, Any] = {
     "steady_nodes": 5000, "steady_pods": 10000, "window": 120, "settle": 30,
     "scaling_nodes": 5000, "scaling_pods": 10000,
     "hold": 300, "hold_start": 1000, "hold_max": 64000, "hold_bisect": 1, "hold_grow": 2, "hold_stall": 240,
+    "hold_writer": [],
     "writer_leases": 5000, "writer": ["16", "64", "256", "2x64"], "writer_duration": 30,
     "profile_nodes": 5000, "profile_pods": 10000, "profile_idle": 60, "profile_api_s": 20,
 }
@@ -42,10 +43,11 @@ QUICK: dict[str, Any] = {
     "steady_nodes": 300, "steady_pods": 600, "window": 20, "settle": 5,
     "scaling_nodes": 300, "scaling_pods": 600,
     "hold": 20, "hold_start": 100, "hold_max": 200, "hold_bisect": 1, "hold_grow": 2, "hold_stall": 60,
+    "hold_writer": [],
     "writer_leases": 300, "writer": ["8", "32"], "writer_duration": 5,
     "profile_nodes": 300, "profile_pods": 600, "profile_idle": 10, "profile_api_s": 5,
 }
-LISTS = {"nodes", "writer"}
+LISTS = {"nodes", "writer", "hold_writer"}
 FULL_SIMS = ["kwok", "s1", "s2", "s4"]
 QUICK_SIMS = ["kwok", "s1", "s2"]
 
@@ -103,11 +105,16 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, A
             given.add(k)
             try:
                 if k in LISTS:
-                    sizes[k] = [x.strip() if k == "writer" else int(x) for x in v.split(",") if x.strip()]
+                    sizes[k] = [x.strip() if k in ("writer", "hold_writer") else int(x) for x in v.split(",") if x.strip()]
                 else:
                     sizes[k] = float(v) if "." in v else int(v)
             except ValueError:
                 raise SystemExit(f"bench: --sizes {item!r}: not a number") from None
+    for k in ("writer", "hold_writer"):
+        for lv in sizes[k]:
+            p, sep, c = lv.partition("x")
+            if not (p.isdigit() and int(p) > 0 and (not sep or (c.isdigit() and int(c) > 0))):
+                raise SystemExit(f"bench: --sizes {k}={lv}: expected levels like 64 or 2x64 (processes x in flight)")
     if float(sizes["hold_grow"]) <= 1:
         raise SystemExit(f"bench: --sizes hold_grow={sizes['hold_grow']}: must be above 1 (each size a multiple of the last)")
     # the other scenarios follow the largest ready size unless given
@@ -156,6 +163,8 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                     n = nxt
                     steps.append(n)
                 t += sum(s / 250 + 30 + sizes["hold"] for s in steps) + 2 * overhead(sim) + steps[-1] / 170 + sizes["hold"]
+                if sizes["hold_writer"]:   # after each held size: the writer levels, then a fresh cluster
+                    t += len(steps) * (len(sizes["hold_writer"]) * (sizes["writer_duration"] + 8) + overhead(sim))
         if sc == "profile":
             t = overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
             if "kwok" in sims:

@@ -23,6 +23,7 @@ from typing import Any
 from bench import procs
 from bench.sims import Simulator, label
 from bench.workload import (
+    NODE_PREFIX,
     NodeWatch,
     PodWatch,
     apiserver_requests,
@@ -454,30 +455,38 @@ def next_hold_size(n: int, grow: float) -> int:
 async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
     start, cap = int(bench.sizes["hold_start"]), int(bench.sizes["hold_max"])
     grow = float(bench.sizes.get("hold_grow", 2))
+    in_state = [str(v) for v in bench.sizes.get("hold_writer") or []]
     rec = record("lease-hold", sim, rep, {"hold_s": float(bench.sizes["hold"]), "start": start, "max": cap,
-                                          "grow": grow})
+                                          "grow": grow, **({"writer_in_state": in_state} if in_state else {})})
     steps: list[dict[str, Any]] = []
     rec["x"]["steps"] = steps
     good, bad = 0, None
     env = None
     bench.log(f"  [lease-hold] {label(sim)}: from {start} nodes, growing x{grow:g} up to {cap}")
     try:
-        async with environment(bench, sim) as env:
-            nw = await NodeWatch(env.kube).start()
-            try:
-                have, n = 0, start
-                while n <= cap:
-                    step = await hold_step(bench, env, nw, have, n)
-                    steps.append(step)
-                    have = n
-                    if not step["ok"]:
-                        bad = n
-                        break
-                    good = n
-                    n = next_hold_size(n, grow)
-            finally:
-                await nw.stop()
-        _finish(rec, env)
+        n = start
+        # one cluster grows until a size fails; the in-state writer stops the simulator, so after it
+        # the next size starts on a fresh cluster
+        while n <= cap and bad is None:
+            async with environment(bench, sim) as env:
+                nw = await NodeWatch(env.kube).start()
+                try:
+                    have = 0
+                    while n <= cap:
+                        step = await hold_step(bench, env, nw, have, n)
+                        steps.append(step)
+                        have = n
+                        if not step["ok"]:
+                            bad = n
+                            break
+                        good = n
+                        n = next_hold_size(n, grow)
+                        if in_state:
+                            step["writer_in_state"] = await writer_in_state(bench, env, nw, good, in_state)
+                            break
+                finally:
+                    await nw.stop()
+            _finish(rec, env)
         mid = _round_size((good + bad) / 2) if bad is not None else 0
         if bad is not None and int(bench.sizes.get("hold_bisect", 1)) and good < mid < bad:
             bench.log(f"  [lease-hold] {label(sim)}: bisect at {mid} nodes (fresh cluster)")
@@ -490,6 +499,8 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
                     steps.append(step)
                     if step["ok"]:
                         good = mid
+                        if in_state:
+                            step["writer_in_state"] = await writer_in_state(bench, env, nw, mid, in_state)
                     else:
                         bad = mid
                 finally:
@@ -505,6 +516,38 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
     bench.log(f"  [lease-hold] {label(sim)}: capacity {good} nodes" + (" (reached --sizes hold_max)" if bad is None else
                                                                       f", failed at {bad}"))
     return [rec]
+
+
+async def writer_in_state(bench: Bench, env: Env, nw: NodeWatch, n: int, levels: list[str]) -> dict[str, Any]:
+    """The raw writer against the cluster a simulator just held: stop the simulator, then let the
+    writer renew the n nodes' own leases (oldest first) at each level for `writer_duration`. Same
+    apiserver, etcd, Node and Lease objects, controller-manager watching; what the simulator adds
+    (its CPU, its node status PATCHes, its watches) is gone, so this is the limit a simulator's
+    lease rate at that size can be held against. The nodes should stay Ready throughout: the
+    writer renews faster than the simulator did."""
+    out: dict[str, Any] = {"nodes": n, "levels": {}}
+    assert env.sim is not None
+    out["sim_stop"] = await asyncio.to_thread(env.sim.stop)
+    duration = float(bench.sizes["writer_duration"])
+    base = len(nw.transitions)
+    bench.log(f"    raw writer on this cluster: {n} node leases, simulator stopped, levels {','.join(levels)}")
+    for lv in levels:
+        lb = len(nw.transitions)
+        try:
+            m, _, cpu = await writer_level(env, NODE_PREFIX, n, lv, duration)
+            wall = cpu["wall_s"]
+            m.update(transitions=len(nw.transitions) - lb,
+                     cpu_pct={g: round(100 * v / wall, 1) for g, v in cpu["groups"].items()},
+                     requests_per_s={k: round(v / wall, 1) for k, v in
+                                     sorted(cpu["requests"].items(), key=lambda kv: -kv[1])[:8]})
+        except Exception as e:
+            m = {"error": _err(e)}
+            bench.log(f"    {lv} FAILED: {m['error']}")
+        out["levels"][lv] = m
+    rates = [float(m["writes_per_s"]) for m in out["levels"].values() if "writes_per_s" in m]
+    out.update(best_writes_per_s=max(rates) if rates else None, transitions=len(nw.transitions) - base,
+               not_ready_at_end=n - len(nw.ready))
+    return out
 
 
 # -- 3. steady state: CPU and memory ---------------------------------------------------------
@@ -662,25 +705,7 @@ async def scenario_writer(bench: Bench, sim: str | None, rep: int) -> list[dict[
                 rec = record("writer", None, rep, {"level": lv, "procs": nproc, "concurrency": conc,
                                                    "leases": leases, "duration_s": duration})
                 try:
-                    ph = await env.phase().begin()
-                    parts = await asyncio.gather(*(asyncio.to_thread(_run_writer, env, leases, conc, duration,
-                                                                     f"{i}/{nproc}") for i in range(nproc)))
-                    cpu = await ph.end()
-                    wall = cpu["wall_s"]
-                    ok = sum(int(p["ok"]) for p in parts)
-                    secs = max(float(p["seconds"]) for p in parts)
-                    rec["m"].update(writes_per_s=round(ok / secs, 1), conflicts=sum(int(p["conflicts"]) for p in parts),
-                                    errors=sum(int(p["errors"]) for p in parts),
-                                    latency_ms_p50=max(float(p["latency_ms_p50"] or 0) for p in parts),
-                                    latency_ms_p99=max(float(p["latency_ms_p99"] or 0) for p in parts),
-                                    writer_cpu_pct=round(100 * sum(float(p["writer_cpu_s"]) for p in parts) / secs, 1),
-                                    apiserver_cpu_pct=round(100 * cpu["apiserver_cpu_s"] / wall, 1),
-                                    etcd_cpu_pct=round(100 * cpu["etcd_cpu_s"] / wall, 1),
-                                    lease_puts_counted=cpu["requests"].get("PUT leases", 0))
-                    rec["x"]["parts"] = parts
-                    bench.log(f"    {lv}: {rec['m']['writes_per_s']} writes/s, p99 {rec['m']['latency_ms_p99']} ms, "
-                              f"CPU writer {rec['m']['writer_cpu_pct']}% apiserver {rec['m']['apiserver_cpu_pct']}% "
-                              f"etcd {rec['m']['etcd_cpu_pct']}%")
+                    rec["m"], rec["x"]["parts"], _ = await writer_level(env, "bench-lease", leases, lv, duration)
                 except Exception as e:
                     rec["error"] = _err(e)
                     bench.log(f"    {lv} FAILED: {rec['error']}")
@@ -694,8 +719,33 @@ async def scenario_writer(bench: Bench, sim: str | None, rep: int) -> list[dict[
     return out
 
 
-def _run_writer(env: Env, leases: int, conc: int, duration: float, part: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.writer", "--kubeconfig", str(env.cluster.kubeconfig), "--prefix", "bench-lease",
+async def writer_level(env: Env, prefix: str, count: int, lv: str, duration: float
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """One writer level (`64` or `2x64`) over the leases prefix-000000..: its numbers, each writer
+    process's own report, and the phase (CPU by process, apiserver requests) around it."""
+    nproc, conc = _level(lv)
+    ph = await env.phase().begin()
+    parts = await asyncio.gather(*(asyncio.to_thread(_run_writer, env, prefix, count, conc, duration, f"{i}/{nproc}")
+                                   for i in range(nproc)))
+    cpu = await ph.end()
+    wall = cpu["wall_s"]
+    ok = sum(int(p["ok"]) for p in parts)
+    secs = max(float(p["seconds"]) for p in parts)
+    m = dict(writes_per_s=round(ok / secs, 1), conflicts=sum(int(p["conflicts"]) for p in parts),
+             errors=sum(int(p["errors"]) for p in parts),
+             latency_ms_p50=max(float(p["latency_ms_p50"] or 0) for p in parts),
+             latency_ms_p99=max(float(p["latency_ms_p99"] or 0) for p in parts),
+             writer_cpu_pct=round(100 * sum(float(p["writer_cpu_s"]) for p in parts) / secs, 1),
+             apiserver_cpu_pct=round(100 * cpu["apiserver_cpu_s"] / wall, 1),
+             etcd_cpu_pct=round(100 * cpu["etcd_cpu_s"] / wall, 1),
+             lease_puts_counted=cpu["requests"].get("PUT leases", 0))
+    env.bench.log(f"    {lv}: {m['writes_per_s']} writes/s, p99 {m['latency_ms_p99']} ms, CPU writer "
+                  f"{m['writer_cpu_pct']}% apiserver {m['apiserver_cpu_pct']}% etcd {m['etcd_cpu_pct']}%")
+    return m, parts, cpu
+
+
+def _run_writer(env: Env, prefix: str, leases: int, conc: int, duration: float, part: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.writer", "--kubeconfig", str(env.cluster.kubeconfig), "--prefix", prefix,
            "--count", str(leases), "--concurrency", str(conc), "--duration", str(duration), "--part", part]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
                        cwd=str(Path(__file__).resolve().parent.parent))

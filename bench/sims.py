@@ -70,6 +70,7 @@ class Simulator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.root_key: procs.Key | None = None
+        self.stopped: dict[str, Any] | None = None   # stop()'s result: a second stop() returns it
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +110,8 @@ class Simulator:
         """SIGTERM the simulator, wait, then SIGKILL whatever of its tree is left (by pid + start time)."""
         if self.proc is None:
             return {}
+        if self.stopped is not None:
+            return self.stopped
         tree = [s.key for s in procs.descendants(self.proc.pid)]
         t0 = time.monotonic()
         rc = self.proc.poll()
@@ -127,7 +130,8 @@ class Simulator:
         while any(procs.alive(k) for k in tree) and time.monotonic() < deadline:
             time.sleep(0.2)
         leftover = procs.kill_keys(tree)
-        return {"rc": rc, "stop_s": round(time.monotonic() - t0, 2), "killed_leftovers": len(leftover)}
+        self.stopped = {"rc": rc, "stop_s": round(time.monotonic() - t0, 2), "killed_leftovers": len(leftover)}
+        return self.stopped
 
     # -- shardlet's own view -----------------------------------------------------------------
     def status(self, timeout: float = 10.0) -> dict[str, Any] | None:

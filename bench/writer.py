@@ -1,8 +1,8 @@
 """The minimal lease writer: how many Lease PUTs/s this apiserver + etcd accept.
 
 `python -m bench.writer --kubeconfig K --prefix P --count N --concurrency C --duration D
-[--part i/k]` lists the leases P-000000.. (its share i of k), then for D seconds keeps C PUTs in
-flight, each worker renewing its own disjoint set of leases in turn (so no 409s between workers):
+[--part i/k]` lists the leases P-000000.. (its share i of k), oldest renewTime first, then for D
+seconds keeps C PUTs in flight, each worker renewing its own disjoint set of leases in turn (so no 409s between workers):
 renewTime = now, body = the last object the apiserver returned. Prints one JSON line.
 
 Nothing else happens per request (no stage engine, no watch), so this is the ceiling a fake
@@ -50,7 +50,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             cont = (body.get("metadata") or {}).get("continue") or ""
             if not cont:
                 break
-        mine = [n for n in names if n in cache]
+        # oldest renewTime first: taking over the live leases of Ready nodes (lease-hold's in-state
+        # writer), the ones closest to expiry are renewed in the first round
+        mine = sorted((n for n in names if n in cache),
+                      key=lambda n: str((cache[n].get("spec") or {}).get("renewTime") or ""))
         if not mine:
             raise SystemExit(f"writer: no leases named {args.prefix}-* found")
         ctx, auth = creds.ssl, {"Authorization": f"Bearer {creds.token}"} if creds.token else {}

@@ -34,3 +34,20 @@ def test_a_smaller_growth_factor_means_more_steps_and_one_at_most_1_is_refused()
         assert "hold_grow=1" in str(e)
     else:
         raise AssertionError("hold_grow=1 accepted")
+
+
+def test_the_in_state_writer_adds_its_levels_to_each_held_size_and_bad_levels_are_refused() -> None:
+    plain = _sizes(hold_start=4000, hold_max=8000)
+    with_writer = _sizes(hold_start=4000, hold_max=8000, hold_writer="64,2x64")
+    assert plain["hold_writer"] == [] and with_writer["hold_writer"] == ["64", "2x64"]
+    a = cli.estimate(["lease-hold"], ["s1"], plain, 1)["lease-hold"]
+    b = cli.estimate(["lease-hold"], ["s1"], with_writer, 1)["lease-hold"]
+    # two sizes (4k, 8k), each followed by two 30 s levels and a fresh cluster
+    assert b - a >= 2 * 2 * 30
+    for bad in ("0", "x64", "2x", "64y", "-1"):
+        try:
+            _sizes(hold_writer=bad)
+        except SystemExit as e:
+            assert f"hold_writer={bad}" in str(e)
+        else:
+            raise AssertionError(f"hold_writer={bad} accepted")

@@ -248,3 +248,40 @@ def test_the_capacity_step_says_where_cpu_and_requests_went_when_recorded(tmp_pa
     assert ("While shardlet S=1 held 24,000 nodes — CPU % by process: kube-apiserver 127, runner 23, etcd 19; "
             "apiserver requests/s: PUT leases 827, PATCH nodes/status 40.2.") in later
     assert "While kwok held" not in later   # not recorded for it in this run
+
+
+def test_the_writer_on_the_held_cluster_gives_its_own_line_and_target_row(tmp_path: Path) -> None:
+    """--sizes hold_writer: the capacity step carries the raw writer's rates on that same cluster;
+    the README states them and shardlet's share of the best, and the targets table gets a row."""
+    run = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    data = json.loads(run.read_text())
+    seen = 0.0
+    for r in data["records"]:
+        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
+            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
+            seen = step["lease_puts_per_s"]
+            step["writer_in_state"] = {
+                "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": 0, "not_ready_at_end": 0,
+                "levels": {"64": {"writes_per_s": 950.0, "cpu_pct": {"kube-apiserver": 150.0}, "writer_cpu_pct": 20.0},
+                           "2x64": {"writes_per_s": 1000.0, "writer_cpu_pct": 30.0,
+                                    "cpu_pct": {"kube-apiserver": 160.0, "runner": 0.1}},
+                           "256": {"error": "RuntimeError: writer 0/1 exited 1"}}}
+    (tmp_path / run.name).write_text(json.dumps(data))
+    report.render(tmp_path / run.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    assert ("The raw writer on that same cluster (24,000 nodes' own leases, shardlet S=1 stopped, controller-manager "
+            "watching): 64 in flight 950, 2x64 in flight 1,000, 256 failed writes/s; 0 NotReady transitions meanwhile. "
+            "At its best, CPU % by process: kube-apiserver 160, writer 30. "
+            f"shardlet S=1's {report._num(seen)} PUT/s while holding is **{100 * seen / 1000:.0f}%** of it.") in later
+    row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
+    assert row[3] == report._num(seen) and row[4] == f"{100 * seen / 1000:.0f}%" and run.stem in row[6]
+    assert row[5] == ("**met**" if seen >= 800 else "not met")
+
+
+def test_no_held_cluster_row_without_the_in_state_writer(tmp_path: Path) -> None:
+    shutil.copy(FULL, tmp_path / FULL.name)
+    shutil.copy(FULL.parent / "2026-11-28T0328-vm.json", tmp_path)
+    rows = report.target_rows(tmp_path)
+    assert not [r for r in rows if "held cluster" in r[0]]
+    assert _row(rows, "2. ≥ 80% of the raw writer (S=1)")
