@@ -70,6 +70,11 @@ def _lag(v: float | None) -> str:
     return f"> {LEASE_LAG_BUCKETS[-1]:g}" if v is not None and v == float("inf") else _num(v)
 
 
+def _count(v: float | None) -> str:
+    """A count of events, with thousands separators ("-" when not recorded)."""
+    return "-" if v is None else f"{int(v):,}"
+
+
 def _num(v: float | None) -> str:
     if v is None:
         return "-"
@@ -272,7 +277,7 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
             w(f"| {label(sim)} | {_num(cap)}{' (≥, hit hold_max)' if capped else ''} | "
               f"{_num(_med(c, 'first_failure_nodes'))} | {_num(cap / 10 if cap else None)} | {_num(seen)} | {frac} | "
               f"{_num(at.get('lease_age_max_s'))} | {_num(_med(c, 'capacity_sim_cpu_per_1k_nodes_min'))} | "
-              f"{at.get('ramp_transitions', '-')} |")
+              f"{_count(at.get('ramp_transitions'))} |")
             if at.get("cpu_pct"):
                 held_lines.append(
                     f"\nWhile {label(sim)} held {_num(cap)} nodes — CPU % by process: "
@@ -600,11 +605,12 @@ def _ready_settle(step: dict[str, Any]) -> str:
 
 def _ramp(step: dict[str, Any]) -> str:
     """NotReady transitions while a step added nodes, split when the run recorded which nodes."""
-    n = step.get("ramp_transitions", "-")
+    n = _count(step.get("ramp_transitions"))
     if "ramp_transitions_added_nodes" not in step:
-        return str(n)
+        return n
     after = step.get("ramp_notready_after_ready_s") or {}
-    return (f"{n}: {step['ramp_transitions_added_nodes']} added, {step['ramp_transitions_earlier_nodes']} earlier"
+    return (f"{n}: {_count(step['ramp_transitions_added_nodes'])} added, "
+            f"{_count(step['ramp_transitions_earlier_nodes'])} earlier"
             + (f"; added ones {_num(after.get('p50'))} s (median) after their first Ready" if after else ""))
 
 
@@ -722,7 +728,7 @@ def _ramp_note(records: list[dict[str, Any]], sim: str, nodes: float | None) -> 
         return ""
     clean = max((s["nodes"] for r in records if r["scenario"] == "lease-hold" and r["sim"] == sim
                  for s in r["x"].get("steps", []) if s.get("ok") and s.get("ramp_transitions") == 0), default=None)
-    return (f" ({_num(int(n))} NotReady transitions before all were Ready"
+    return (f" ({_count(n)} NotReady transitions before all were Ready"
             + (f"; {_num(clean)} held with none" if clean else "") + ")")
 
 

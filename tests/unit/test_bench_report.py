@@ -121,7 +121,7 @@ def test_a_capacity_that_reached_hold_max_is_shown_as_a_lower_bound(tmp_path: Pa
     step = next(s for r in data["records"] if r["sim"] == "s1" and r["scenario"] == "lease-hold"
                 for s in r["x"]["steps"] if s["nodes"] == caps["s1"]["capacity_nodes"])
     assert f"| shardlet S=1 | {caps['s1']['capacity_nodes']:,} (≥, hit hold_max) | - |" in later
-    assert later.split("| shardlet S=1 | 24,000 (≥")[1].split("\n")[0].endswith(f"| {step['ramp_transitions']} |")
+    assert later.split("| shardlet S=1 | 24,000 (≥")[1].split("\n")[0].endswith(f"| {int(step['ramp_transitions']):,} |")
     assert f"| kwok | {caps['kwok']['capacity_nodes']:,} | {caps['kwok']['first_failure_nodes']:,} |" in later
     assert "| inf |" not in text and "| > 40 |" in later
     hold = _row(report.target_rows(tmp_path), "2. lease-hold")
@@ -330,3 +330,8 @@ def test_a_capacity_that_flapped_on_the_way_up_says_so_and_a_later_limit_sits_be
         assert row[6].startswith(f"`{alone.stem}`")
         assert row[3] == (f"{report._num(at['lease_puts_per_s'])} ({at['ramp_transitions']:,} NotReady transitions "
                           f"before all were Ready; {clean:,} held with none)")
+    # and the run's own step table counts them with thousands separators
+    report.render(alone, tmp_path / "README.md")
+    n = at["ramp_transitions"]
+    assert f"| {n:,}: {at['ramp_transitions_added_nodes']:,} added, {at['ramp_transitions_earlier_nodes']:,} earlier" \
+        in (tmp_path / "README.md").read_text()
