@@ -625,10 +625,15 @@ def _capped(records: list[dict[str, Any]], sim: str) -> bool:
     return bool(ms) and all(m.get("capped") for m in ms)
 
 
+def _held_steps(records: list[dict[str, Any]], sim: str) -> list[dict[str, Any]]:
+    """Every lease-hold step of `sim` that held, in run order."""
+    return [s for r in records if r["scenario"] == "lease-hold" and r["sim"] == sim
+            for s in r["x"].get("steps", []) if s.get("ok")]
+
+
 def _capacity_step(records: list[dict[str, Any]], sim: str, nodes: float | None) -> dict[str, Any]:
     """The lease-hold step that held at the capacity size (the last one, if several)."""
-    steps = [s for r in records if r["scenario"] == "lease-hold" and r["sim"] == sim
-             for s in r["x"].get("steps", []) if s.get("ok") and s.get("nodes") == nodes]
+    steps = [s for s in _held_steps(records, sim) if s.get("nodes") == nodes]
     return steps[-1] if steps else {}
 
 
@@ -726,8 +731,7 @@ def _ramp_note(records: list[dict[str, Any]], sim: str, nodes: float | None) -> 
     n = _capacity_step(records, sim, nodes).get("ramp_transitions") if nodes else None
     if not n:
         return ""
-    clean = max((s["nodes"] for r in records if r["scenario"] == "lease-hold" and r["sim"] == sim
-                 for s in r["x"].get("steps", []) if s.get("ok") and s.get("ramp_transitions") == 0), default=None)
+    clean = max((s["nodes"] for s in _held_steps(records, sim) if s.get("ramp_transitions") == 0), default=None)
     return (f" ({_count(n)} NotReady transitions before all were Ready"
             + (f"; {_num(clean)} held with none" if clean else "") + ")")
 
@@ -738,9 +742,8 @@ def _later_limit(runs: list[tuple[Path, dict[str, Any], dict[str, Any]]], before
     for f, _meta, s in runs:
         if f == before:
             return ""
-        per = next(iter((s.get("lease-hold") or {}).values()), {})
         r = next((r for r in s["records"] if r["scenario"] == "lease-hold" and r["sim"] == "s1"), None)
-        if "s1" in per and r and r["m"].get("first_failure_nodes"):
+        if r and r["m"].get("first_failure_nodes"):
             return (f"; S=1 alone in `{f.stem}`: {_num(r['m']['capacity_nodes'])} held, "
                     f"{_num(r['m']['first_failure_nodes'])} failed (no kwok in that run, so no ratio)")
     return ""
@@ -828,7 +831,8 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         rows.append(("2. ≥ 80% of the raw writer on the held cluster (S=1)",
                      f"lease PUT/s served at capacity ({_num(sc)} nodes), as a share of the raw writer renewing "
                      f"those nodes' leases right after, with shardlet stopped ({_num(best_in)} PUT/s)", kcell,
-                     _num(seen) + _ramp_note(s["records"], "s1", sc), f"{100 * seen / best_in:.0f}%", _share_verdict(seen / best_in, 0.8), _src(f, meta)))
+                     _num(seen) + _ramp_note(s["records"], "s1", sc), f"{100 * seen / best_in:.0f}%",
+                     _share_verdict(seen / best_in, 0.8), _src(f, meta)))
         break
 
     # 3. idle CPU per node-minute <= kwok
