@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import procs, sysinfo
 from bench.sims import FAST_STAGES, LEASE_SECONDS, SELECTOR, argv, label, parse_sim
+from bench.writer import parse_level
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -112,9 +113,10 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, A
                 raise SystemExit(f"bench: --sizes {item!r}: not a number") from None
     for k in ("writer", "hold_writer"):
         for lv in sizes[k]:
-            p, sep, c = lv.partition("x")
-            if not (p.isdigit() and int(p) > 0 and (not sep or (c.isdigit() and int(c) > 0))):
-                raise SystemExit(f"bench: --sizes {k}={lv}: expected levels like 64 or 2x64 (processes x in flight)")
+            try:
+                parse_level(lv)
+            except ValueError as e:
+                raise SystemExit(f"bench: --sizes {k}={lv}: {e}") from None
     if float(sizes["hold_grow"]) <= 1:
         raise SystemExit(f"bench: --sizes hold_grow={sizes['hold_grow']}: must be above 1 (each size a multiple of the last)")
     # the other scenarios follow the largest ready size unless given

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.sims import label, parse_sim
 from bench.stats import summarize
+from bench.writer import parse_level
 from shardlet.metrics import LEASE_LAG_BUCKETS
 
 HERE = Path(__file__).resolve().parent
@@ -346,16 +347,19 @@ def _writer(out: list[str], title: str, summary: dict[str, Any]) -> None:
       "can with a bounded number in flight (`PxC`: P processes with C each), no simulator running. The "
       "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs. Runs "
       "from 2026-11-28 on write as shardlet does (its lean HTTP client, a service-account token); earlier "
-      "runs used aiohttp and the admin client certificate, which the apiserver verifies per request.\n")
-    w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | etcd CPU % | errors |")
-    w("|---|---|---|---|---|---|---|")
+      "runs used aiohttp and the admin client certificate, which the apiserver verifies per request. "
+      "A level ending in `pb` sends and accepts protobuf (`application/vnd.kubernetes.protobuf`, the "
+      "kubelet's encoding) instead of JSON.\n")
+    w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | apiserver CPU-ms per write "
+      "| etcd CPU % | errors |")
+    w("|---|---|---|---|---|---|---|---|")
     for size, per in sorted(summary["writer"].items(), key=lambda kv: _level_key(_size_val(kv[0], "level", str))):
         c = per.get("None") or next(iter(per.values()))
         if not c.get("writes_per_s"):
             continue
         w(f"| {_size_val(size, 'level', str)} | {_cell(c, 'writes_per_s')} | {_cell(c, 'latency_ms_p50')} / "
           f"{_cell(c, 'latency_ms_p99')} | {_cell(c, 'writer_cpu_pct')} | {_cell(c, 'apiserver_cpu_pct')} | "
-          f"{_cell(c, 'etcd_cpu_pct')} | {_cell(c, 'errors')} |")
+          f"{_cell(c, 'apiserver_cpu_ms_per_write')} | {_cell(c, 'etcd_cpu_pct')} | {_cell(c, 'errors')} |")
     w("")
     w("\n".join(_errors(summary["writer"])))
     w("")
@@ -586,12 +590,11 @@ def _size_val(size: str, key: str, typ: Any = int) -> Any:
     return None
 
 
-def _level_key(level: Any) -> tuple[int, int]:
-    p, _, c = str(level).partition("x")
+def _level_key(level: Any) -> tuple[int, int, str]:
     try:
-        return (int(p), int(c)) if c else (1, int(p))
+        return parse_level(str(level))
     except ValueError:
-        return (0, 0)
+        return (0, 0, "")
 
 
 def _ready_settle(step: dict[str, Any]) -> str:

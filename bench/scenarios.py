@@ -39,6 +39,7 @@ from bench.workload import (
     wait_default_sa,
     wait_for,
 )
+from bench.writer import parse_level
 from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options
 
@@ -684,11 +685,6 @@ async def scenario_scaling(bench: Bench, sim: str, rep: int) -> list[dict[str, A
 
 
 # -- 5. the physical limit: raw lease writes -------------------------------------------------
-def _level(text: str) -> tuple[int, int]:
-    p, _, c = text.partition("x")
-    return (int(p), int(c)) if c else (1, int(p))
-
-
 async def scenario_writer(bench: Bench, sim: str | None, rep: int) -> list[dict[str, Any]]:
     leases = int(bench.sizes["writer_leases"])
     duration = float(bench.sizes["writer_duration"])
@@ -701,8 +697,8 @@ async def scenario_writer(bench: Bench, sim: str | None, rep: int) -> list[dict[
             await bounded_call(create_leases(env.kube, leases, "bench-lease", bench.concurrency), leases, "create leases")
             await asyncio.sleep(2)
             for lv in levels:
-                nproc, conc = _level(lv)
-                rec = record("writer", None, rep, {"level": lv, "procs": nproc, "concurrency": conc,
+                nproc, conc, encoding = parse_level(lv)
+                rec = record("writer", None, rep, {"level": lv, "procs": nproc, "concurrency": conc, "encoding": encoding,
                                                    "leases": leases, "duration_s": duration})
                 try:
                     rec["m"], rec["x"]["parts"], _ = await writer_level(env, "bench-lease", leases, lv, duration)
@@ -723,9 +719,10 @@ async def writer_level(env: Env, prefix: str, count: int, lv: str, duration: flo
                        ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """One writer level (`64` or `2x64`) over the leases prefix-000000..: its numbers, each writer
     process's own report, and the phase (CPU by process, apiserver requests) around it."""
-    nproc, conc = _level(lv)
+    nproc, conc, encoding = parse_level(lv)
     ph = await env.phase().begin()
-    parts = await asyncio.gather(*(asyncio.to_thread(_run_writer, env, prefix, count, conc, duration, f"{i}/{nproc}")
+    parts = await asyncio.gather(*(asyncio.to_thread(_run_writer, env, prefix, count, conc, duration, f"{i}/{nproc}",
+                                                     encoding)
                                    for i in range(nproc)))
     cpu = await ph.end()
     wall = cpu["wall_s"]
@@ -737,6 +734,8 @@ async def writer_level(env: Env, prefix: str, count: int, lv: str, duration: flo
              latency_ms_p99=max(float(p["latency_ms_p99"] or 0) for p in parts),
              writer_cpu_pct=round(100 * sum(float(p["writer_cpu_s"]) for p in parts) / secs, 1),
              apiserver_cpu_pct=round(100 * cpu["apiserver_cpu_s"] / wall, 1),
+             # what one write costs the apiserver (its CPU over the phase, the writers' listing included)
+             apiserver_cpu_ms_per_write=round(1000 * cpu["apiserver_cpu_s"] / ok, 3) if ok else None,
              etcd_cpu_pct=round(100 * cpu["etcd_cpu_s"] / wall, 1),
              lease_puts_counted=cpu["requests"].get("PUT leases", 0))
     env.bench.log(f"    {lv}: {m['writes_per_s']} writes/s, p99 {m['latency_ms_p99']} ms, CPU writer "
@@ -744,9 +743,11 @@ async def writer_level(env: Env, prefix: str, count: int, lv: str, duration: flo
     return m, parts, cpu
 
 
-def _run_writer(env: Env, prefix: str, leases: int, conc: int, duration: float, part: str) -> dict[str, Any]:
+def _run_writer(env: Env, prefix: str, leases: int, conc: int, duration: float, part: str,
+                encoding: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.writer", "--kubeconfig", str(env.cluster.kubeconfig), "--prefix", prefix,
-           "--count", str(leases), "--concurrency", str(conc), "--duration", str(duration), "--part", part]
+           "--count", str(leases), "--concurrency", str(conc), "--duration", str(duration), "--part", part,
+           "--encoding", encoding]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
                        cwd=str(Path(__file__).resolve().parent.parent))
     if r.returncode != 0:

@@ -24,12 +24,27 @@ import time
 import aiohttp
 import orjson
 
+from bench.leaseproto import CONTENT_TYPE as PROTOBUF
+from bench.leaseproto import decode_lease, encode_lease
 from shardlet.api import Kube, load_credentials
 from shardlet.httpclient import HttpPool
 from shardlet.lease import micro_time
 from shardlet.satoken import ensure_account, request_token
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+
+
+def parse_level(text: str) -> tuple[int, int, str]:
+    """A writer level `[Px]C[pb]`: P processes (default 1) with C PUTs in flight each, in JSON, or
+    in protobuf with the suffix `pb`. Raises ValueError naming the level."""
+    body = text.strip()
+    encoding = "protobuf" if body.endswith("pb") else "json"
+    body = body.removesuffix("pb")
+    p, sep, c = body.partition("x")
+    if not (p.isdigit() and int(p) > 0 and (not sep or (c.isdigit() and int(c) > 0))):
+        raise ValueError(f"writer level {text!r}: expected levels like 64, 2x64 or 64pb "
+                         "(processes x in flight, pb = protobuf)")
+    return (int(p), int(c), encoding) if sep else (1, int(p), encoding)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -67,6 +82,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             ctx, auth = creds.ssl_without_cert, {"Authorization": f"Bearer {token}"}
         pool = HttpPool(creds.server, ctx, limit=args.concurrency, timeout=30)
         put_headers = {**headers, **auth}
+        proto = args.encoding == "protobuf"
+        if proto:   # the kubelet's encoding: what the apiserver decodes and encodes cheapest
+            put_headers.update({"Accept": PROTOBUF, "Content-Type": PROTOBUF})
+        encode, decode = (encode_lease, decode_lease) if proto else (orjson.dumps, orjson.loads)
         ok = conflicts = errors = 0
         lat: list[float] = []
         c = max(1, min(args.concurrency, len(mine)))
@@ -85,16 +104,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 t0 = time.monotonic()
                 try:
                     status, raw, _ = await pool.request("PUT", f"{LEASES}/{name}", headers=put_headers,
-                                                        body=orjson.dumps(obj))
+                                                        body=encode(obj))
                     if status == 200:
                         ok += 1
-                        cache[name] = orjson.loads(raw)
+                        cache[name] = decode(raw)
                         lat.append(time.monotonic() - t0)
                     elif status == 409:
                         conflicts += 1
                         status, raw, _ = await pool.request("GET", f"{LEASES}/{name}", headers=put_headers)
                         if status == 200:
-                            cache[name] = orjson.loads(raw)
+                            cache[name] = decode(raw)
                     else:
                         errors += 1
                 except (TimeoutError, OSError):
@@ -110,7 +129,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
     return {"part": args.part, "leases": len(mine), "concurrency": c, "seconds": round(took, 2), "ok": ok,
             "conflicts": conflicts, "errors": errors, "writes_per_s": round(ok / took, 1),
-            "auth": "token" if auth else "certificate",
+            "auth": "token" if auth else "certificate", "encoding": args.encoding,
             "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99),
             "writer_cpu_s": round(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 2), "pid": os.getpid()}
 
@@ -122,6 +141,8 @@ def main() -> None:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--duration", type=float, default=30)
+    p.add_argument("--encoding", choices=("json", "protobuf"), default="json",
+                   help="the PUTs' body and response: JSON, or protobuf as the kubelet sends")
     p.add_argument("--part", default="0/1", help="i/k: take every k-th lease starting at i")
     args = p.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
