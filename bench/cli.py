@@ -38,6 +38,7 @@ FULL: dict[str, Any] = {
     "hold_writer": [],
     "writer_leases": 5000, "writer": ["16", "64", "256", "2x64"], "writer_duration": 30,
     "profile_nodes": 5000, "profile_pods": 10000, "profile_idle": 60, "profile_api_s": 20,
+    "profile_hold_nodes": 20000, "profile_hold_s": 60,
 }
 QUICK: dict[str, Any] = {
     "nodes": [100, 300], "pods": 600,
@@ -47,6 +48,7 @@ QUICK: dict[str, Any] = {
     "hold_writer": [],
     "writer_leases": 300, "writer": ["8", "32"], "writer_duration": 5,
     "profile_nodes": 300, "profile_pods": 600, "profile_idle": 10, "profile_api_s": 5,
+    "profile_hold_nodes": 300, "profile_hold_s": 5,
 }
 LISTS = {"nodes", "writer", "hold_writer"}
 FULL_SIMS = ["kwok", "s1", "s2", "s4"]
@@ -168,9 +170,13 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                 if sizes["hold_writer"]:   # after each held size: the writer levels, then a fresh cluster
                     t += len(steps) * (len(sizes["hold_writer"]) * (sizes["writer_duration"] + 8) + overhead(sim))
         if sc == "profile":
-            t = overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
-            if "kwok" in sims:
+            t = 0.0
+            if sizes["profile_nodes"]:
+                t += overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
+            if "kwok" in sims and sizes["profile_nodes"]:
                 t += overhead("kwok") + work(sizes["profile_nodes"], sizes["profile_pods"]) + sizes["profile_idle"]
+            if sizes["profile_hold_nodes"]:   # ~110 nodes Ready/s on the 2-vCPU box, then settle and the window
+                t += overhead("s1") + sizes["profile_hold_nodes"] / 110 + sizes["settle"] + sizes["profile_hold_s"] + 30
         out[sc] = round(t)
     return out
 

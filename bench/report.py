@@ -66,8 +66,12 @@ def render(path: Path, readme_path: Path | None = README) -> str:
 
 
 # -- formatting ------------------------------------------------------------------------------
-def _lag(v: float | None) -> str:
-    # past the top bucket of shardlet's lag histogram the quantile estimate is +Inf
+def _lag(step: dict[str, Any]) -> str:
+    """A step's renewal-lag p99: past the top bucket of shardlet's histogram, "> bound" (runs before
+    2026-11-29T09 stored that as +Inf)."""
+    v = step.get("shardlet_lease_lag_p99_s")
+    if step.get("shardlet_lease_lag_p99_above_s") is not None:
+        return f"> {step['shardlet_lease_lag_p99_above_s']:g}"
     return f"> {LEASE_LAG_BUCKETS[-1]:g}" if v is not None and v == float("inf") else _num(v)
 
 
@@ -299,7 +303,7 @@ def _lease_hold(out: list[str], title: str, summary: dict[str, Any], records: li
                 f"| {label(r['sim'])} | {s['nodes']:,}{' (bisect)' if s.get('bisect') else ''} | "
                 f"{'held' if s.get('ok') else 'FAILED'} | {_ready_settle(s)} | {_num(s.get('lease_puts_per_s'))} "
                 f"/ {_num(s.get('expected_puts_per_s'))} | {_num(s.get('lease_age_max_s'))} | "
-                f"{_lag(s.get('shardlet_lease_lag_p99_s'))} | {s.get('transitions', '-')} | "
+                f"{_lag(s)} | {s.get('transitions', '-')} | "
                 f"{_ramp(s)} | "
                 f"{_num(s.get('sim_cpu_per_1k_nodes_min'))} | {s.get('reason', '')} |")
     if steps_rows:
@@ -367,7 +371,7 @@ def _writer(out: list[str], title: str, summary: dict[str, Any]) -> None:
 
 def _profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
     """The profile's top costs, from one run's records (nothing if it has no profile)."""
-    prof = [r for r in records if r["scenario"] == "profile" and r["x"].get("profile")]
+    prof = [r for r in records if r["scenario"] == "profile" and r["x"].get("profile") and not _at_hold(r)]
     if not prof:
         return
     w = out.append
@@ -396,7 +400,7 @@ def _profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
 def _api_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
     """The apiserver's CPU by handler under each simulator, from the same profile window."""
     recs = {r["sim"]: r for r in records if r["scenario"] == "profile"
-            and (r["x"].get("apiserver_profile") or {}).get("buckets")}
+            and (r["x"].get("apiserver_profile") or {}).get("buckets") and not _at_hold(r)}
     if not recs:
         return
     w = out.append
@@ -423,13 +427,49 @@ def _api_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> N
     w(f"| **total** | {tot} |")
     ran = " | ".join(f"{recs[s]['m'].get('api_window_pods_running', '?')} | " for s in sims)
     w(f"| pods Running at the window's end | {ran} |\n")
-    w("<details><summary>Top apiserver functions (self)</summary>\n")
+    _api_self(out, recs, sims)
+
+
+def _api_self(out: list[str], recs: dict[str, dict[str, Any]], sims: list[str]) -> None:
+    out.append("<details><summary>Top apiserver functions (self)</summary>\n")
     for s in sims:
-        w(f"{label(s)}:\n\n| self CPU-s | % | function |\n|---|---|---|")
+        out.append(f"{label(s)}:\n\n| self CPU-s | % | function |\n|---|---|---|")
         for row in recs[s]["x"]["apiserver_profile"].get("self", [])[:12]:
-            w(f"| {row['cpu_s']} | {row['pct']} | `{row['frame']}` |")
+            out.append(f"| {row['cpu_s']} | {row['pct']} | `{row['frame']}` |")
+        out.append("")
+    out.append("</details>\n")
+
+
+def _at_hold(r: dict[str, Any]) -> bool:
+    return (r.get("size") or {}).get("phase") == "hold"
+
+
+def _hold_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
+    """Both profiles over one window while a simulator held its nodes: where capacity is decided."""
+    recs = [r for r in records if r["scenario"] == "profile" and _at_hold(r) and r["x"].get("profile")]
+    if not recs:
+        return
+    w = out.append
+    r = recs[-1]
+    m, sz = r["m"], r.get("size", {})
+    w(title)
+    w(f"{sz.get('nodes', 0):,} nodes all Ready under {label(r['sim'])}, then, for {sz.get('window_s')} s with "
+      f"nothing else running, py-spy on it and Go pprof of kube-apiserver: {_num(m.get('lease_puts_per_s'))} "
+      f"lease PUT/s served of the {_num(m.get('expected_puts_per_s'))} the kubelet's cadence asks, "
+      f"{_num(m.get('node_patches_per_s'))} node PATCH/s (heartbeat stage, controller-manager); CPU {label(r['sim'])} "
+      f"{_num(m.get('sim_cpu_pct'))}% ({_num(m.get('sim_cpu_us_per_put'))} µs per lease PUT, everything it did "
+      f"counted), kube-apiserver {_num(m.get('apiserver_cpu_pct'))}%, etcd {_num(m.get('etcd_cpu_pct'))}%; "
+      f"{_count(m.get('transitions'))} NotReady transitions in the window.\n")
+    w(_top_costs(r["x"]["profile"]))
+    ap = r["x"].get("apiserver_profile") or {}
+    if ap.get("buckets"):
+        w(f"kube-apiserver in the same window ({ap.get('cpu_s')} CPU-s), by the first handler found from each "
+          "sample's leaf up:\n")
+        w("| where | CPU-s | % |\n|---|---|---|")
+        for row in ap["buckets"]:
+            w(f"| {row['frame']} | {row['cpu_s']} | {row['pct']} |")
         w("")
-    w("</details>\n")
+        _api_self(out, {r["sim"]: r}, [r["sim"]])
 
 
 def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> str:
@@ -509,6 +549,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         _writer(out, "### 5. The physical limit: raw lease writes\n", summary)
     _profile(out, "### Where shardlet's CPU goes (profile)\n", records)
     _api_profile(out, "### Where the apiserver's CPU goes (profile)\n", records)
+    _hold_profile(out, "### Where the CPU goes while the nodes are held (profile at hold)\n", records)
     # problems
     problems = meta.get("problems") or {}
     if problems:
@@ -557,6 +598,8 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
             _writer(out, "### 5. The physical limit: raw lease writes (partial run)\n", lsum)
         _profile(out, "### Where shardlet's CPU goes (profile, partial run)\n", later.get("records", []))
         _api_profile(out, "### Where the apiserver's CPU goes (profile, partial run)\n", later.get("records", []))
+        _hold_profile(out, "### Where the CPU goes while the nodes are held (profile at hold, partial run)\n",
+                      later.get("records", []))
     # all runs
     w("## All results files\n")
     for f in sorted(results_dir.glob("*.json"), reverse=True):
@@ -1041,7 +1084,7 @@ to skip; without them the run still measures everything else).
 | `--sims` | `kwok` and `sN` = shardlet with N shards (default `kwok,s1,s2,s4`; `--quick`: `kwok,s1,s2`) |
 | `--repeat N` | every measurement N times on fresh clusters, interleaved; median and min-max reported (lease-hold and profile run once) |
 | `--quick` | small sizes and short windows: a smoke run of every code path |
-| `--sizes KEY=V[,V]` | (`steady_*`, `scaling_*`, `profile_*` follow `nodes`/`pods` unless given) `nodes`, `pods`, `steady_nodes`, `steady_pods`, `window`, `settle`, `scaling_nodes`, `scaling_pods`, `hold`, `hold_start`, `hold_max`, `hold_bisect`, `hold_grow`, `hold_stall`, `hold_writer` (levels, default none), `writer_leases`, `writer` (levels like `64` or `2x64`), `writer_duration`, `profile_nodes`, `profile_pods`, `profile_idle`, `profile_api_s` |
+| `--sizes KEY=V[,V]` | (`steady_*`, `scaling_*`, `profile_*` follow `nodes`/`pods` unless given) `nodes`, `pods`, `steady_nodes`, `steady_pods`, `window`, `settle`, `scaling_nodes`, `scaling_pods`, `hold`, `hold_start`, `hold_max`, `hold_bisect`, `hold_grow`, `hold_stall`, `hold_writer` (levels, default none), `writer_leases`, `writer` (levels like `64`, `2x64` or `64pb`), `writer_duration`, `profile_nodes` (0: only the profile at hold), `profile_pods`, `profile_idle`, `profile_api_s`, `profile_hold_nodes` (0: no profile at hold), `profile_hold_s` |
 | `--hold S`, `--window S` | lease-hold time per size (default 300 s), steady idle window (default 120 s) |
 
 Each run writes `bench/results/<date>-<host>.json` (every raw number, per-phase CPU by process group,
@@ -1130,17 +1173,20 @@ processes.
    all nodes Ready and all pods Running, throughput (nodes Ready/s and pods Running/s from first to last),
    CPU of runner, each shard (its pid from shardlet's `/status`) and Ray's daemons, for S = 1, 2, 4 (kwok
    as the reference).
-5. **writer** — the physical limit: with no simulator, a minimal asyncio + aiohttp writer (`bench/writer.py`)
+5. **writer** — the physical limit: with no simulator, a minimal asyncio writer (`bench/writer.py`)
    PUTs `writer_leases` (5,000) existing Leases in kube-node-lease as fast as the apiserver and etcd accept
    for `writer_duration` (30 s) at each level of requests in flight (`16,64,256,2x64`; `2x64` = two writer
-   processes). A simulator holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the
+   processes; `64pb` = 64 in flight in protobuf, the kubelet's encoding, instead of JSON). A simulator holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the
    apiserver served a simulator at its lease-hold capacity is stated as a share of the best rate here.
 6. **profile** — shardlet S = 1 under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
    nodes becoming Ready, `profile_idle` (60 s) of idle leases, and `profile_pods` (10,000) pods created,
    Running and deleted; the top costs by self time, inclusive time and module. Not timed. Beside it (and
    for kwok too, when kwok is among the sims) a Go pprof CPU profile of kube-apiserver for `profile_api_s`
    (20) s from the start of pod creation, split by the handler the time went to (`go tool pprof`; needs
-   `go` on PATH): what each simulator's requests and watches cost the apiserver.
+   `go` on PATH): what each simulator's requests and watches cost the apiserver. Then, on a fresh cluster,
+   the profile at hold: `profile_hold_nodes` (20,000) nodes all Ready, `settle` (30 s), and both profiles
+   over the same `profile_hold_s` (60 s) with nothing else running: the renewals, heartbeats and
+   controller-manager traffic that decide lease-hold capacity, with shardlet's CPU per lease PUT.
 
 A scenario that fails records its error and the run goes on; clusters and simulator processes (the whole
 process tree, by pid and start time) are always torn down.

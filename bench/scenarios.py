@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ from bench.workload import (
 from bench.writer import parse_level
 from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options
+from shardlet.metrics import LEASE_LAG_BUCKETS
 
 # kwok's CI benchmark: no QPS limits, no scheduler (pods are bound with spec.nodeName); the
 # controller-manager runs so that NotReady is real (node-monitor-grace-period 50 s).
@@ -407,7 +409,7 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
         lease_age_p50_s=max((a["p50"] for a in good_ages), default=None),
         lease_age_p99_s=max((a["p99"] for a in good_ages), default=None),
         lease_age_max_s=max((a["max"] for a in good_ages), default=None),
-        shardlet_lease_lag_p99_s=max(lags) if lags else None,
+        **_lag_p99(lags),
         sim_cpu_s=cpu["sim_cpu_s"], sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"],
         apiserver_cpu_s=cpu["apiserver_cpu_s"], etcd_cpu_s=cpu["etcd_cpu_s"],
         sim_cpu_per_1k_nodes_min=round(cpu["sim_cpu_s"] / (n / 1000) / (held / 60), 3) if held > 0 else None,
@@ -517,6 +519,15 @@ async def scenario_hold(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]
     bench.log(f"  [lease-hold] {label(sim)}: capacity {good} nodes" + (" (reached --sizes hold_max)" if bad is None else
                                                                       f", failed at {bad}"))
     return [rec]
+
+
+def _lag_p99(lags: list[float]) -> dict[str, float | None]:
+    """The worst shard's renewal-lag p99. Past the top bucket of shardlet's histogram the estimate
+    is +Inf, which strict JSON cannot carry: then the bound it is above, under its own key."""
+    p99 = max(lags) if lags else None
+    if p99 is not None and math.isinf(p99):
+        return {"shardlet_lease_lag_p99_s": None, "shardlet_lease_lag_p99_above_s": LEASE_LAG_BUCKETS[-1]}
+    return {"shardlet_lease_lag_p99_s": p99}
 
 
 async def writer_in_state(bench: Bench, env: Env, nw: NodeWatch, n: int, levels: list[str]) -> dict[str, Any]:
@@ -761,6 +772,9 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
     from bench.profile import fetch_pprof, go, parse_pprof, parse_raw, py_spy
 
     n, pods = int(bench.sizes["profile_nodes"]), int(bench.sizes["profile_pods"])
+    hold = sim != "kwok" and int(bench.sizes.get("profile_hold_nodes") or 0) > 0
+    if n <= 0:   # profile_nodes=0: only the profile at hold
+        return [await profile_at_hold(bench, sim, rep)] if hold else []
     idle = float(bench.sizes["profile_idle"])
     api_s = int(bench.sizes["profile_api_s"])
     rec = record("profile", sim, rep, {"nodes": n, "pods": pods, "idle_s": idle, "api_s": api_s})
@@ -779,11 +793,7 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
             assert env.sim is not None
             sp: subprocess.Popen[bytes] | None = None
             if spy is not None:
-                # the runner for S=1; with Ray the shard workers are its descendants
-                cmd = [spy, "record", "--pid", str(env.sim.pid), "--rate", "100", "--format", "raw", "--output",
-                       str(out_file), "--nonblocking"]
-                if env.sim.shards > 1:
-                    cmd.append("--subprocesses")
+                cmd = _spy_cmd(spy, env.sim, out_file)
                 spy_log = open(bench.log_dir / f"profile-{sim}-{rep}.pyspy.log", "wb")
                 sp = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT, start_new_session=True)
                 spy_log.close()
@@ -849,7 +859,93 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
         rec["error"] = _err(e)
         bench.log(f"    FAILED: {rec['error']}")
     _finish(rec, env)
-    return [rec]
+    return [rec, await profile_at_hold(bench, sim, rep)] if hold else [rec]
+
+
+def _spy_cmd(spy: str, sim: Simulator, out_file: Path) -> list[str]:
+    """py-spy at 100 Hz on the runner (S=1 runs in it; with Ray the shard workers are its descendants)."""
+    cmd = [spy, "record", "--pid", str(sim.pid), "--rate", "100", "--format", "raw", "--output", str(out_file),
+           "--nonblocking"]
+    return [*cmd, "--subprocesses"] if sim.shards > 1 else cmd
+
+
+async def profile_at_hold(bench: Bench, sim: str, rep: int) -> dict[str, Any]:
+    """The hot path where capacity is decided: `profile_hold_nodes` nodes all Ready, then, after
+    `settle`, py-spy on the simulator and the apiserver's pprof over the same `profile_hold_s`
+    window, with the lease PUTs served and each side's CPU in it. Nothing else runs: every cost in
+    the window is holding the nodes (renewals, the heartbeat stage, the controller-manager)."""
+    from bench.profile import fetch_pprof, go, parse_pprof, parse_raw, py_spy
+
+    n, window = int(bench.sizes["profile_hold_nodes"]), int(bench.sizes["profile_hold_s"])
+    rec = record("profile", sim, rep, {"phase": "hold", "nodes": n, "window_s": window})
+    spy, go_bin = py_spy(), go()
+    if spy is None:
+        rec["error"] = "py-spy not found: pip install -e '.[bench]'"
+        return rec
+    out_file = bench.log_dir / f"profile-hold-{sim}-{rep}.txt"
+    api_file = bench.log_dir / f"profile-hold-{sim}-{rep}.apiserver.pprof"
+    bench.log(f"  [profile at hold] {label(sim)}: {n} nodes Ready, then py-spy and the apiserver's pprof "
+              f"for {window}s")
+    env = None
+    try:
+        async with environment(bench, sim) as env:
+            assert env.sim is not None
+            nw = await NodeWatch(env.kube).start()
+            try:
+                await bounded_call(create_nodes(env.kube, 0, n, bench.concurrency), n, "create nodes")
+                await wait_for(f"{n} nodes Ready", lambda: len(nw.ready) >= n, lambda: f"{len(nw.ready)}/{n}",
+                               _ready_timeout(n), bench.log, env.sim_alive)
+                await asyncio.sleep(float(bench.sizes["settle"]))   # the ramp's first renewals come due
+                base = len(nw.transitions)
+                cmd = [*_spy_cmd(spy, env.sim, out_file), "--duration", str(window)]
+                with open(bench.log_dir / f"profile-hold-{sim}-{rep}.pyspy.log", "wb") as spy_log:
+                    ph = await env.phase().begin()
+                    sp = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT, start_new_session=True)
+                    jobs = [asyncio.to_thread(sp.wait, window + 60)]
+                    if go_bin is not None:
+                        jobs.append(asyncio.to_thread(fetch_pprof, env.kube.base, env.cluster.admin_ssl(), window,
+                                                      api_file))
+                    try:
+                        await asyncio.gather(*jobs)
+                    finally:
+                        if sp.poll() is None:
+                            sp.kill()
+                    cpu = await ph.end()
+                transitions = len(nw.transitions) - base
+            finally:
+                await nw.stop()
+        wall = float(cpu["wall_s"])
+        puts = float(cpu["requests"].get("PUT leases", 0))
+        rec["m"].update(
+            lease_puts_per_s=round(puts / wall, 1), expected_puts_per_s=round(n / 10, 1),
+            node_patches_per_s=round(float(cpu["requests"].get("PATCH nodes", 0)) / wall, 1),
+            sim_cpu_pct=round(100 * cpu["sim_cpu_s"] / wall, 1),
+            apiserver_cpu_pct=round(100 * cpu["apiserver_cpu_s"] / wall, 1),
+            etcd_cpu_pct=round(100 * cpu["etcd_cpu_s"] / wall, 1),
+            sim_cpu_us_per_put=round(1e6 * cpu["sim_cpu_s"] / puts, 1) if puts else None,
+            transitions=transitions)
+        rec["x"]["cpu"] = {k: v for k, v in cpu.items() if k != "by_pid"}
+        prof = parse_raw(out_file)
+        rec["x"]["profile"] = prof
+        rec["x"]["raw_file"] = str(out_file)
+        rec["m"]["samples"] = prof.get("samples", 0)
+        bench.log(f"    {rec['m']['lease_puts_per_s']} lease PUT/s of {rec['m']['expected_puts_per_s']}, "
+                  f"{label(sim)} {rec['m']['sim_cpu_pct']}% CPU ({rec['m']['sim_cpu_us_per_put']} us per PUT), "
+                  f"apiserver {rec['m']['apiserver_cpu_pct']}%, {transitions} NotReady transitions")
+        for row in prof.get("self", [])[:5]:
+            bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
+        if go_bin is None:
+            rec["x"]["apiserver_profile"] = {"error": "no 'go' on PATH for 'go tool pprof'"}
+        elif api_file.is_file():
+            rec["x"]["apiserver_profile"] = await asyncio.to_thread(parse_pprof, go_bin, api_file)
+            rec["x"]["apiserver_raw_file"] = str(api_file)
+            for row in rec["x"]["apiserver_profile"].get("buckets", [])[:6]:
+                bench.log(f"    apiserver {row['pct']:5.1f}%  {row['frame']}")
+    except Exception as e:
+        rec["error"] = _err(e)
+        bench.log(f"    FAILED: {rec['error']}")
+    _finish(rec, env)
+    return rec
 
 
 SCENARIOS: dict[str, Any] = {

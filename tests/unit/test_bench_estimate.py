@@ -51,3 +51,14 @@ def test_the_in_state_writer_adds_its_levels_to_each_held_size_and_bad_levels_ar
             assert f"hold_writer={bad}" in str(e)
         else:
             raise AssertionError(f"hold_writer={bad} accepted")
+
+
+def test_the_profile_at_hold_is_on_by_default_counted_in_the_estimate_and_can_run_alone() -> None:
+    default = _sizes()
+    assert default["profile_hold_nodes"] == 20000 and default["profile_hold_s"] == 60
+    with_hold = cli.estimate(["profile"], ["s1"], default, 1)["profile"]
+    without = cli.estimate(["profile"], ["s1"], _sizes(profile_hold_nodes=0), 1)["profile"]
+    alone = cli.estimate(["profile"], ["s1"], _sizes(profile_nodes=0), 1)["profile"]
+    # 20,000 nodes made Ready, the settle and the 60 s window
+    assert with_hold - without >= 20000 / 110 + 30 + 60
+    assert 0 < alone < with_hold and alone == with_hold - without

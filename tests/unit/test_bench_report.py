@@ -335,3 +335,51 @@ def test_a_capacity_that_flapped_on_the_way_up_says_so_and_a_later_limit_sits_be
     n = at["ramp_transitions"]
     assert f"| {n:,}: {at['ramp_transitions_added_nodes']:,} added, {at['ramp_transitions_earlier_nodes']:,} earlier" \
         in (tmp_path / "README.md").read_text()
+
+
+def test_a_lag_past_the_top_bucket_is_stored_as_strict_json_and_still_reads_as_above_it() -> None:
+    from bench.scenarios import _lag_p99
+    over = _lag_p99([3.0, float("inf")])
+    json.dumps(over, allow_nan=False)   # raises on Infinity: what strict JSON parsers refuse
+    assert over == {"shardlet_lease_lag_p99_s": None, "shardlet_lease_lag_p99_above_s": 40}
+    assert report._lag(over) == "> 40"
+    under = _lag_p99([3.0, 5.0])
+    assert under == {"shardlet_lease_lag_p99_s": 5.0} and report._lag(under) == report._num(5.0) != "-"
+    assert report._lag({"shardlet_lease_lag_p99_s": float("inf")}) == "> 40"   # files from before the key
+    assert _lag_p99([]) == {"shardlet_lease_lag_p99_s": None} and report._lag({}) == "-"
+
+
+def _hold_record(**m: float) -> dict[str, object]:
+    prof = {"samples": 1378, "self": [{"frame": "Kube.request (shardlet/api.py)", "samples": 117, "pct": 8.5}],
+            "inclusive": [{"frame": "LeaseRenewer._renew (shardlet/lease.py)", "samples": 466, "pct": 33.8}],
+            "packages": [{"frame": "shardlet.lease", "samples": 162, "pct": 11.8}]}
+    api = {"cpu_s": 88.1, "buckets": [{"frame": "PUT leases", "cpu_s": 50.2, "pct": 57.0}],
+           "self": [{"frame": "runtime.mallocgc", "cpu_s": 6.0, "pct": 6.8}]}
+    return {"scenario": "profile", "sim": "s1", "repeat": 0, "size": {"phase": "hold", "nodes": 20000, "window_s": 60},
+            "m": {"lease_puts_per_s": 1371.0, "expected_puts_per_s": 2000.0, "node_patches_per_s": 33.0,
+                  "sim_cpu_pct": 22.0, "apiserver_cpu_pct": 146.8, "etcd_cpu_pct": 20.0, "sim_cpu_us_per_put": 160.5,
+                  "transitions": 0, **m},
+            "x": {"profile": prof, "apiserver_profile": api}}
+
+
+def test_the_profile_at_hold_gets_its_own_section_and_stays_out_of_the_ramp_profile() -> None:
+    out: list[str] = []
+    ramp = {"scenario": "profile", "sim": "s1", "repeat": 0, "size": {"nodes": 5000, "pods": 10000, "idle_s": 60},
+            "m": {}, "x": {"profile": {"samples": 9017, "self": [{"frame": "ramp_only (x.py)", "pct": 5.0}]}}}
+    records = [ramp, _hold_record(transitions=3)]
+    report._hold_profile(out, "### at hold\n", records)
+    text = "\n".join(out)
+    assert "20,000 nodes all Ready under shardlet S=1" in text
+    assert "1,371 lease PUT/s served of the 2,000" in text and "(160 µs per lease PUT" in text
+    assert "3 NotReady transitions in the window" in text
+    assert "8.5% `Kube.request (shardlet/api.py)`" in text and "| PUT leases | 50.2 | 57.0 |" in text
+    assert "ramp_only" not in text
+    ramp_out: list[str] = []
+    report._profile(ramp_out, "### ramp\n", records)
+    assert "ramp_only" in "\n".join(ramp_out) and "Kube.request" not in "\n".join(ramp_out)
+    api_out: list[str] = []
+    report._api_profile(api_out, "### api\n", records)
+    assert api_out == []   # the hold record's apiserver profile is not the ramp's
+    none: list[str] = []
+    report._hold_profile(none, "### at hold\n", [ramp])
+    assert none == []
