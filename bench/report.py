@@ -453,7 +453,10 @@ def _hold_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> 
     r = recs[-1]
     m, sz = r["m"], r.get("size", {})
     w(title)
-    w(f"{sz.get('nodes', 0):,} nodes all Ready under {label(r['sim'])}, then, for {sz.get('window_s')} s with "
+    ramp = (f" ({_count(m.get('ramp_transitions'))} NotReady transitions on the way up)"
+            if m.get("ramp_transitions") else "")
+    w(f"{sz.get('nodes', 0):,} nodes all Ready under {label(r['sim'])}{ramp} and the controller-manager's lifecycle "
+      f"taints gone, then, for {sz.get('window_s')} s with "
       f"nothing else running, py-spy on it and Go pprof of kube-apiserver: {_num(m.get('lease_puts_per_s'))} "
       f"lease PUT/s served of the {_num(m.get('expected_puts_per_s'))} the kubelet's cadence asks, "
       f"{_num(m.get('node_patches_per_s'))} node PATCH/s (heartbeat stage, controller-manager); CPU {label(r['sim'])} "

@@ -366,10 +366,10 @@ def test_the_profile_at_hold_gets_its_own_section_and_stays_out_of_the_ramp_prof
     out: list[str] = []
     ramp = {"scenario": "profile", "sim": "s1", "repeat": 0, "size": {"nodes": 5000, "pods": 10000, "idle_s": 60},
             "m": {}, "x": {"profile": {"samples": 9017, "self": [{"frame": "ramp_only (x.py)", "pct": 5.0}]}}}
-    records = [ramp, _hold_record(transitions=3)]
+    records = [ramp, _hold_record(transitions=3, ramp_transitions=3)]
     report._hold_profile(out, "### at hold\n", records)
     text = "\n".join(out)
-    assert "20,000 nodes all Ready under shardlet S=1" in text
+    assert "20,000 nodes all Ready under shardlet S=1 (3 NotReady transitions on the way up) and the" in text
     assert "1,371 lease PUT/s served of the 2,000" in text and "(160 µs per lease PUT" in text
     assert "3 NotReady transitions in the window" in text
     assert "8.5% `Kube.request (shardlet/api.py)`" in text and "| PUT leases | 50.2 | 57.0 |" in text
