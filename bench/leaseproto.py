@@ -20,6 +20,7 @@ from typing import Any
 CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_GO_ZERO_SECONDS = -62135596800   # 0001-01-01T00:00:00Z, Go's zero time.Time
 
 
 class ProtobufError(ValueError):
@@ -180,6 +181,12 @@ def _decode_time(v: int | bytes, micro: bool) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
+def _zero_time(v: int | bytes) -> bool:
+    """Go's zero time.Time (year 1), which JSON writes as null and this leaves out."""
+    fields = dict(_fields(v if isinstance(v, bytes) else b"", "time"))
+    return _signed(int(fields.get(1, 0))) == _GO_ZERO_SECONDS and not fields.get(2)
+
+
 def _decode_map(entries: list[int | bytes]) -> dict[str, str]:
     out: dict[str, str] = {}
     for e in entries:
@@ -193,13 +200,17 @@ def _decode_meta(buf: bytes) -> dict[str, Any]:
     labels: list[int | bytes] = []
     annotations: list[int | bytes] = []
     strings = {f: k for k, f in _META_STRINGS}
+    # Go writes every non-pointer field, empty or zero; JSON omits those (omitempty): so does this
     for f, v in _fields(buf, "ObjectMeta"):
         if f in strings:
-            meta[strings[f]] = _text(v)
+            if v:
+                meta[strings[f]] = _text(v)
         elif f == 7 and isinstance(v, int):
-            meta["generation"] = _signed(v)
+            if v:
+                meta["generation"] = _signed(v)
         elif f in (8, 9):
-            meta["creationTimestamp" if f == 8 else "deletionTimestamp"] = _decode_time(v, micro=False)
+            if not _zero_time(v):
+                meta["creationTimestamp" if f == 8 else "deletionTimestamp"] = _decode_time(v, micro=False)
         elif f == 10 and isinstance(v, int):
             meta["deletionGracePeriodSeconds"] = _signed(v)
         elif f == 11:

@@ -444,6 +444,17 @@ def _at_hold(r: dict[str, Any]) -> bool:
     return (r.get("size") or {}).get("phase") == "hold"
 
 
+def _kcm_pct(r: dict[str, Any]) -> str:
+    """The controller-manager's share of the window, and the box's total, when the phase recorded them."""
+    cpu = r["x"].get("cpu") or {}
+    wall = float(cpu.get("wall_s") or 0)
+    if not wall or "kcm_cpu_s" not in cpu:
+        return ""
+    total = sum(float(v) for v in (cpu.get("groups") or {}).values())
+    return (f", kube-controller-manager {_num(100 * float(cpu['kcm_cpu_s']) / wall)}%; all measured processes "
+            f"together {_num(100 * total / wall)}% (100% = one CPU)")
+
+
 def _hold_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> None:
     """Both profiles over one window while a simulator held its nodes: where capacity is decided."""
     recs = [r for r in records if r["scenario"] == "profile" and _at_hold(r) and r["x"].get("profile")]
@@ -461,8 +472,8 @@ def _hold_profile(out: list[str], title: str, records: list[dict[str, Any]]) -> 
       f"lease PUT/s served of the {_num(m.get('expected_puts_per_s'))} the kubelet's cadence asks, "
       f"{_num(m.get('node_patches_per_s'))} node PATCH/s (heartbeat stage, controller-manager); CPU {label(r['sim'])} "
       f"{_num(m.get('sim_cpu_pct'))}% ({_num(m.get('sim_cpu_us_per_put'))} µs per lease PUT, everything it did "
-      f"counted), kube-apiserver {_num(m.get('apiserver_cpu_pct'))}%, etcd {_num(m.get('etcd_cpu_pct'))}%; "
-      f"{_count(m.get('transitions'))} NotReady transitions in the window.\n")
+      f"counted), kube-apiserver {_num(m.get('apiserver_cpu_pct'))}%, etcd {_num(m.get('etcd_cpu_pct'))}%"
+      f"{_kcm_pct(r)}; {_count(m.get('transitions'))} NotReady transitions in the window.\n")
     w(_top_costs(r["x"]["profile"]))
     ap = r["x"].get("apiserver_profile") or {}
     if ap.get("buckets"):

@@ -48,7 +48,7 @@ def test_a_protobuf_put_is_the_lease_it_encodes_and_keeps_what_it_does_not_carry
             status, raw, _ = await pool.request("GET", f"{LEASES}/proto-lease", headers=JSON)
             stored = orjson.loads(raw)
             # the protobuf answer is what a JSON read says, field for field
-            assert answered == _without_managed(stored)
+            assert answered == _without_managed(stored), (answered, stored)
             assert stored["spec"] == sent["spec"]
             assert stored["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
             for kept in ("labels", "annotations", "finalizers", "uid", "creationTimestamp"):

@@ -359,7 +359,10 @@ def _hold_record(**m: float) -> dict[str, object]:
             "m": {"lease_puts_per_s": 1371.0, "expected_puts_per_s": 2000.0, "node_patches_per_s": 33.0,
                   "sim_cpu_pct": 22.0, "apiserver_cpu_pct": 146.8, "etcd_cpu_pct": 20.0, "sim_cpu_us_per_put": 160.5,
                   "transitions": 0, **m},
-            "x": {"profile": prof, "apiserver_profile": api}}
+            "x": {"profile": prof, "apiserver_profile": api,
+                  "cpu": {"wall_s": 60.0, "kcm_cpu_s": 13.5, "groups": {"kube-apiserver": 78.0, "etcd": 12.0,
+                                                                          "kube-controller-manager": 13.5,
+                                                                          "runner": 13.5}}}}
 
 
 def test_the_profile_at_hold_gets_its_own_section_and_stays_out_of_the_ramp_profile() -> None:
@@ -372,6 +375,7 @@ def test_the_profile_at_hold_gets_its_own_section_and_stays_out_of_the_ramp_prof
     assert "20,000 nodes all Ready under shardlet S=1 (3 NotReady transitions on the way up) and the" in text
     assert "1,371 lease PUT/s served of the 2,000" in text and "(160 µs per lease PUT" in text
     assert "3 NotReady transitions in the window" in text
+    assert "kube-controller-manager 22.5%; all measured processes together 195% (100% = one CPU)" in text
     assert "8.5% `Kube.request (shardlet/api.py)`" in text and "| PUT leases | 50.2 | 57.0 |" in text
     assert "ramp_only" not in text
     ramp_out: list[str] = []

@@ -93,3 +93,15 @@ def test_writer_levels_name_processes_in_flight_and_encoding_and_bad_ones_name_t
     for bad in ("pb", "0", "x64", "2x", "64y", "64bp", "2x0pb"):
         with pytest.raises(ValueError, match=f"writer level {bad!r}"):
             parse_level(bad)
+
+
+def test_the_empty_and_zero_fields_go_writes_are_left_out_as_json_leaves_them() -> None:
+    from bench.leaseproto import _bytes, _int, _str
+    zero_time = _int(1, -62135596800)   # Go's zero time.Time: JSON writes null, the dict leaves it out
+    meta = _str(1, "n") + _str(2, "") + _str(4, "") + _int(7, 0) + _bytes(8, zero_time) + _bytes(9, zero_time)
+    raw = _bytes(1, meta) + _bytes(2, _str(1, ""))
+    body = MAGIC + _bytes(1, _str(1, "coordination.k8s.io/v1") + _str(2, "Lease")) + _bytes(2, raw)
+    lease = decode_lease(body)
+    assert lease["metadata"] == {"name": "n"}
+    # holderIdentity is a pointer in Go: an empty one is written on purpose, and JSON keeps it too
+    assert lease["spec"] == {"holderIdentity": ""}
