@@ -80,8 +80,31 @@ def _string_map(field: int, m: object) -> bytes:
 
 
 _META_STRINGS = (("name", 1), ("generateName", 2), ("namespace", 3), ("uid", 5), ("resourceVersion", 6))
-_OWNER_STRINGS = (("kind", 1), ("name", 3), ("uid", 4), ("apiVersion", 5))
-_SPEC_STRINGS = (("holderIdentity", 1), ("strategy", 6), ("preferredHolder", 7))
+# the flat messages as {field number: (JSON name, kind)}, for both directions
+_OWNER = {1: ("kind", "str"), 3: ("name", "str"), 4: ("uid", "str"), 5: ("apiVersion", "str"),
+          6: ("controller", "bool"), 7: ("blockOwnerDeletion", "bool")}
+_SPEC = {1: ("holderIdentity", "str"), 2: ("leaseDurationSeconds", "int"), 3: ("acquireTime", "microtime"),
+         4: ("renewTime", "microtime"), 5: ("leaseTransitions", "int"), 6: ("strategy", "str"),
+         7: ("preferredHolder", "str")}
+_STATUS = {2: ("status", "str"), 3: ("message", "str"), 4: ("reason", "str"), 6: ("code", "int")}
+
+
+def _encode_flat(obj: dict[str, Any], schema: dict[int, tuple[str, str]]) -> bytes:
+    """The fields of `obj` that are set (not None), in field-number order as Go writes them."""
+    out = []
+    for field, (name, kind) in sorted(schema.items()):
+        v = obj.get(name)
+        if v is None:
+            continue
+        if kind == "str":
+            out.append(_str(field, v))
+        elif kind == "bool":
+            out.append(_int(field, bool(v)))
+        elif kind == "int":
+            out.append(_int(field, v))
+        elif v:   # a MicroTime; "" means unset
+            out.append(_time(field, v))
+    return b"".join(out)
 
 
 def _object_meta(meta: dict[str, Any]) -> bytes:
@@ -96,30 +119,14 @@ def _object_meta(meta: dict[str, Any]) -> bytes:
         out.append(_int(10, meta["deletionGracePeriodSeconds"]))
     out.append(_string_map(11, meta.get("labels")))
     out.append(_string_map(12, meta.get("annotations")))
-    for ref in meta.get("ownerReferences") or []:
-        r = [_str(f, ref[k]) for k, f in _OWNER_STRINGS if ref.get(k)]
-        r += [_int(f, bool(ref[k])) for k, f in (("controller", 6), ("blockOwnerDeletion", 7)) if k in ref]
-        out.append(_bytes(13, b"".join(r)))
+    out += [_bytes(13, _encode_flat(ref, _OWNER)) for ref in meta.get("ownerReferences") or []]
     out += [_str(14, f) for f in meta.get("finalizers") or []]
-    return b"".join(out)
-
-
-def _lease_spec(spec: dict[str, Any]) -> bytes:
-    out = [_str(f, spec[k]) for k, f in _SPEC_STRINGS if spec.get(k) is not None]
-    if spec.get("leaseDurationSeconds") is not None:
-        out.append(_int(2, spec["leaseDurationSeconds"]))
-    if spec.get("acquireTime"):
-        out.append(_time(3, spec["acquireTime"]))
-    if spec.get("renewTime"):
-        out.append(_time(4, spec["renewTime"]))
-    if spec.get("leaseTransitions") is not None:
-        out.append(_int(5, spec["leaseTransitions"]))
     return b"".join(out)
 
 
 def encode_lease(lease: dict[str, Any]) -> bytes:
     """A coordination.k8s.io/v1 Lease (JSON-shaped dict) as the apiserver's protobuf body."""
-    raw = _bytes(1, _object_meta(lease.get("metadata") or {})) + _bytes(2, _lease_spec(lease.get("spec") or {}))
+    raw = _bytes(1, _object_meta(lease.get("metadata") or {})) + _bytes(2, _encode_flat(lease.get("spec") or {}, _SPEC))
     type_meta = _str(1, "coordination.k8s.io/v1") + _str(2, "Lease")
     return MAGIC + _bytes(1, type_meta) + _bytes(2, raw)
 
@@ -218,7 +225,7 @@ def _decode_meta(buf: bytes) -> dict[str, Any]:
         elif f == 12:
             annotations.append(v)
         elif f == 13 and isinstance(v, bytes):
-            meta.setdefault("ownerReferences", []).append(_decode_owner(v))
+            meta.setdefault("ownerReferences", []).append(_decode_flat(v, "OwnerReference", _OWNER))
         elif f == 14:
             meta.setdefault("finalizers", []).append(_text(v))
     if labels:
@@ -228,28 +235,21 @@ def _decode_meta(buf: bytes) -> dict[str, Any]:
     return meta
 
 
-def _decode_owner(buf: bytes) -> dict[str, Any]:
-    strings = {f: k for k, f in _OWNER_STRINGS}
-    ref: dict[str, Any] = {}
-    for f, v in _fields(buf, "OwnerReference"):
-        if f in strings:
-            ref[strings[f]] = _text(v)
-        elif f in (6, 7):
-            ref["controller" if f == 6 else "blockOwnerDeletion"] = bool(v)
-    return ref
-
-
-def _decode_spec(buf: bytes) -> dict[str, Any]:
-    strings = {f: k for k, f in _SPEC_STRINGS}
-    spec: dict[str, Any] = {}
-    for f, v in _fields(buf, "LeaseSpec"):
-        if f in strings:
-            spec[strings[f]] = _text(v)
-        elif f in (2, 5) and isinstance(v, int):
-            spec["leaseDurationSeconds" if f == 2 else "leaseTransitions"] = _signed(v)
-        elif f in (3, 4):
-            spec["acquireTime" if f == 3 else "renewTime"] = _decode_time(v, micro=True)
-    return spec
+def _decode_flat(buf: bytes, what: str, schema: dict[int, tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f, v in _fields(buf, what):
+        if f not in schema:
+            continue
+        name, kind = schema[f]
+        if kind == "str":
+            out[name] = _text(v)
+        elif kind == "bool":
+            out[name] = bool(v)
+        elif kind == "int" and isinstance(v, int):
+            out[name] = _signed(v)
+        elif kind == "microtime":
+            out[name] = _decode_time(v, micro=True)
+    return out
 
 
 def unwrap(body: bytes) -> tuple[str, str, bytes]:
@@ -280,7 +280,7 @@ def decode_lease(body: bytes) -> dict[str, Any]:
         if f == 1 and isinstance(v, bytes):
             lease["metadata"] = _decode_meta(v)
         elif f == 2 and isinstance(v, bytes):
-            lease["spec"] = _decode_spec(v)
+            lease["spec"] = _decode_flat(v, "LeaseSpec", _SPEC)
     return lease
 
 
@@ -289,10 +289,4 @@ def decode_status(body: bytes) -> dict[str, Any]:
     _, kind, raw = unwrap(body)
     if kind != "Status":
         raise ProtobufError(f"expected a Status, got kind {kind!r}")
-    st: dict[str, Any] = {}
-    for f, v in _fields(raw, "Status"):
-        if f in (2, 3, 4):
-            st[{2: "status", 3: "message", 4: "reason"}[f]] = _text(v)
-        elif f == 6 and isinstance(v, int):
-            st["code"] = _signed(v)
-    return st
+    return _decode_flat(raw, "Status", _STATUS)
