@@ -709,6 +709,10 @@ def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor
         poll(lambda: throttled() > 0, 60, 0.5, "the shard answered 429 by APF")
         # stay squeezed a while: the shard must neither crash nor spin
         _hold_squeezed(main_run, time.time() + 15)
+        # and until a stage write has met a 429 and been retried: the first 429s may all be lease
+        # renewals (they back off on their own schedule), and on a loaded box the scheduler can bind
+        # the burst late, so the fixed hold alone can end before any pod write was tried
+        poll(lambda: _retries_429(main_run, t0), 120, 1, "a stage write retried after a 429")
         n429 = throttled()
         rate = n429 / (time.time() - t0)
         running_at_lift = sum(1 for v in _pods(env.api, "apf").values() if v[1] == "Running")
@@ -727,8 +731,7 @@ def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor
     # (a loop without backoff makes thousands a second)
     bound = env.size.nodes / 2 + env.size.burst + 64
     assert rate < bound, f"{rate:.0f} 429s per second (bound {bound:.0f}): retries are not backing off"
-    retries = [e for e in main_run.events() if e.get("event") == "retry" and e.get("error") == "429"
-               and _ts(e.get("timestamp")) >= t0]
+    retries = _retries_429(main_run, t0)
     assert retries, "no 429 was retried"
     delays = [float(e["delay"]) for e in retries]
     assert min(delays) >= 1.0, f"a 429 retried after {min(delays)}s (Retry-After is at least 1 s)"
@@ -742,6 +745,12 @@ def test_apf_squeeze_429s_retried_and_caught_up(env: Env, main_run: Run, monitor
     _assert_pods_intact(env.api, "faults-a", before)
     assert main_run.proc.poll() is None
     env.k.run("delete", "namespace", "apf", "--wait=false")
+
+
+def _retries_429(run: Run, since: float) -> list[dict[str, Any]]:
+    """The shard's `retry` events for a 429 since `since` (Kube.retrying logs one per retry)."""
+    return [e for e in run.events() if e.get("event") == "retry" and e.get("error") == "429"
+            and _ts(e.get("timestamp")) >= since]
 
 
 def _hold_squeezed(run: Run, until: float) -> None:
