@@ -1190,17 +1190,19 @@ processes.
 5. **writer** — the physical limit: with no simulator, a minimal asyncio writer (`bench/writer.py`)
    PUTs `writer_leases` (5,000) existing Leases in kube-node-lease as fast as the apiserver and etcd accept
    for `writer_duration` (30 s) at each level of requests in flight (`16,64,256,2x64`; `2x64` = two writer
-   processes; `64pb` = 64 in flight in protobuf, the kubelet's encoding, instead of JSON). A simulator holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the
-   apiserver served a simulator at its lease-hold capacity is stated as a share of the best rate here.
+   processes; `64pb` = 64 in flight in protobuf, the kubelet's encoding, instead of JSON). A simulator
+   holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the apiserver served a
+   simulator at its lease-hold capacity is stated as a share of the best rate here.
 6. **profile** — shardlet S = 1 under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
    nodes becoming Ready, `profile_idle` (60 s) of idle leases, and `profile_pods` (10,000) pods created,
    Running and deleted; the top costs by self time, inclusive time and module. Not timed. Beside it (and
    for kwok too, when kwok is among the sims) a Go pprof CPU profile of kube-apiserver for `profile_api_s`
    (20) s from the start of pod creation, split by the handler the time went to (`go tool pprof`; needs
    `go` on PATH): what each simulator's requests and watches cost the apiserver. Then, on a fresh cluster,
-   the profile at hold: `profile_hold_nodes` (20,000) nodes all Ready, `settle` (30 s), and both profiles
-   over the same `profile_hold_s` (60 s) with nothing else running: the renewals, heartbeats and
-   controller-manager traffic that decide lease-hold capacity, with shardlet's CPU per lease PUT.
+   the profile at hold: `profile_hold_nodes` (20,000) nodes all Ready, the controller-manager's lifecycle
+   taints gone, `settle` (30 s), and both profiles over the same `profile_hold_s` (60 s) with nothing else
+   running: the renewals, heartbeats and controller-manager traffic that decide lease-hold capacity, with
+   shardlet's CPU per lease PUT.
 
 A scenario that fails records its error and the run goes on; clusters and simulator processes (the whole
 process tree, by pid and start time) are always torn down.

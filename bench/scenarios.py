@@ -769,7 +769,7 @@ def _run_writer(env: Env, prefix: str, leases: int, conc: int, duration: float, 
 
 # -- profile: where shardlet's time goes -----------------------------------------------------
 async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, Any]]:
-    from bench.profile import fetch_pprof, go, parse_pprof, parse_raw, py_spy
+    from bench.profile import fetch_pprof, go, py_spy
 
     n, pods = int(bench.sizes["profile_nodes"]), int(bench.sizes["profile_pods"])
     hold = sim != "kwok" and int(bench.sizes.get("profile_hold_nodes") or 0) > 0
@@ -841,25 +841,39 @@ async def scenario_profile(bench: Bench, sim: str, rep: int) -> list[dict[str, A
                     except subprocess.TimeoutExpired:
                         sp.kill()
         if sp is not None:
-            prof = parse_raw(out_file)
-            rec["x"]["profile"] = prof
-            rec["x"]["raw_file"] = str(out_file)
-            rec["m"]["samples"] = prof.get("samples", 0)
-            for row in prof.get("self", [])[:5]:
-                bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
-        if go_bin is None:
-            rec["x"]["apiserver_profile"] = {"error": "no 'go' on PATH for 'go tool pprof'"}
-        elif api_file.is_file():
-            ap = await asyncio.to_thread(parse_pprof, go_bin, api_file)
-            rec["x"]["apiserver_profile"] = ap
-            rec["x"]["apiserver_raw_file"] = str(api_file)
-            for row in ap.get("buckets", [])[:6]:
-                bench.log(f"    apiserver {row['pct']:5.1f}%  {row['frame']}")
+            _read_spy(bench, rec, out_file)
+        await _read_pprof(bench, rec, go_bin, api_file)
     except Exception as e:
         rec["error"] = _err(e)
         bench.log(f"    FAILED: {rec['error']}")
     _finish(rec, env)
     return [rec, await profile_at_hold(bench, sim, rep)] if hold else [rec]
+
+
+def _read_spy(bench: Bench, rec: dict[str, Any], out_file: Path) -> None:
+    """py-spy's raw output into the record: top costs, sample count, the file it came from."""
+    from bench.profile import parse_raw
+
+    prof = parse_raw(out_file)
+    rec["x"]["profile"] = prof
+    rec["x"]["raw_file"] = str(out_file)
+    rec["m"]["samples"] = prof.get("samples", 0)
+    for row in prof.get("self", [])[:5]:
+        bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
+
+
+async def _read_pprof(bench: Bench, rec: dict[str, Any], go_bin: str | None, api_file: Path) -> None:
+    """The apiserver's pprof into the record, by handler (or why there is none)."""
+    from bench.profile import parse_pprof
+
+    if go_bin is None:
+        rec["x"]["apiserver_profile"] = {"error": "no 'go' on PATH for 'go tool pprof'"}
+    elif api_file.is_file():
+        ap = await asyncio.to_thread(parse_pprof, go_bin, api_file)
+        rec["x"]["apiserver_profile"] = ap
+        rec["x"]["apiserver_raw_file"] = str(api_file)
+        for row in ap.get("buckets", [])[:6]:
+            bench.log(f"    apiserver {row['pct']:5.1f}%  {row['frame']}")
 
 
 def _spy_cmd(spy: str, sim: Simulator, out_file: Path) -> list[str]:
@@ -870,11 +884,11 @@ def _spy_cmd(spy: str, sim: Simulator, out_file: Path) -> list[str]:
 
 
 async def profile_at_hold(bench: Bench, sim: str, rep: int) -> dict[str, Any]:
-    """The hot path where capacity is decided: `profile_hold_nodes` nodes all Ready, then, after
-    `settle`, py-spy on the simulator and the apiserver's pprof over the same `profile_hold_s`
+    """The hot path where capacity is decided: `profile_hold_nodes` nodes all Ready and the
+    controller-manager's lifecycle taints gone, then, after `settle`, py-spy on the simulator and the apiserver's pprof over the same `profile_hold_s`
     window, with the lease PUTs served and each side's CPU in it. Nothing else runs: every cost in
     the window is holding the nodes (renewals, the heartbeat stage, the controller-manager)."""
-    from bench.profile import fetch_pprof, go, parse_pprof, parse_raw, py_spy
+    from bench.profile import fetch_pprof, go, py_spy
 
     n, window = int(bench.sizes["profile_hold_nodes"]), int(bench.sizes["profile_hold_s"])
     rec = record("profile", sim, rep, {"phase": "hold", "nodes": n, "window_s": window})
@@ -930,22 +944,11 @@ async def profile_at_hold(bench: Bench, sim: str, rep: int) -> dict[str, Any]:
             sim_cpu_us_per_put=round(1e6 * cpu["sim_cpu_s"] / puts, 1) if puts else None,
             transitions=transitions)
         rec["x"]["cpu"] = {k: v for k, v in cpu.items() if k != "by_pid"}
-        prof = parse_raw(out_file)
-        rec["x"]["profile"] = prof
-        rec["x"]["raw_file"] = str(out_file)
-        rec["m"]["samples"] = prof.get("samples", 0)
         bench.log(f"    {rec['m']['lease_puts_per_s']} lease PUT/s of {rec['m']['expected_puts_per_s']}, "
                   f"{label(sim)} {rec['m']['sim_cpu_pct']}% CPU ({rec['m']['sim_cpu_us_per_put']} us per PUT), "
                   f"apiserver {rec['m']['apiserver_cpu_pct']}%, {transitions} NotReady transitions")
-        for row in prof.get("self", [])[:5]:
-            bench.log(f"    self {row['pct']:5.1f}%  {row['frame']}")
-        if go_bin is None:
-            rec["x"]["apiserver_profile"] = {"error": "no 'go' on PATH for 'go tool pprof'"}
-        elif api_file.is_file():
-            rec["x"]["apiserver_profile"] = await asyncio.to_thread(parse_pprof, go_bin, api_file)
-            rec["x"]["apiserver_raw_file"] = str(api_file)
-            for row in rec["x"]["apiserver_profile"].get("buckets", [])[:6]:
-                bench.log(f"    apiserver {row['pct']:5.1f}%  {row['frame']}")
+        _read_spy(bench, rec, out_file)
+        await _read_pprof(bench, rec, go_bin, api_file)
     except Exception as e:
         rec["error"] = _err(e)
         bench.log(f"    FAILED: {rec['error']}")
