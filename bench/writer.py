@@ -3,7 +3,8 @@
 `python -m bench.writer --kubeconfig K --prefix P --count N --concurrency C --duration D
 [--part i/k]` lists the leases P-000000.. (its share i of k), oldest renewTime first, then for D
 seconds keeps C PUTs in flight, each worker renewing its own disjoint set of leases in turn (so no 409s between workers):
-renewTime = now, body = the last object the apiserver returned. Prints one JSON line.
+renewTime = now, body = the last object the apiserver returned less its managedFields (which the
+apiserver keeps), as shardlet renews. Prints one JSON line.
 
 Nothing else happens per request (no stage engine, no watch), so this is the ceiling a fake
 kubelet's lease renewals can approach on this box, with the writer's own CPU reported beside it.
@@ -27,8 +28,8 @@ import orjson
 from bench.leaseproto import CONTENT_TYPE as PROTOBUF
 from bench.leaseproto import decode_lease, encode_lease
 from shardlet.api import Kube, load_credentials
-from shardlet.httpclient import HttpPool
-from shardlet.lease import micro_time
+from shardlet.httpclient import HttpPool, header_block
+from shardlet.lease import lean, micro_time, resource_version
 from shardlet.satoken import ensure_account, request_token
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
@@ -61,7 +62,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             async with s.get(creds.server + LEASES, params=params, headers=headers) as r:
                 body = orjson.loads(await r.read())
             for it in body.get("items") or []:
-                cache[it["metadata"]["name"]] = it
+                cache[it["metadata"]["name"]] = lean(it)
             cont = (body.get("metadata") or {}).get("continue") or ""
             if not cont:
                 break
@@ -86,6 +87,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         if proto:   # the kubelet's encoding (no cheaper for this apiserver per write: bench/leaseproto.py)
             put_headers.update({"Accept": PROTOBUF, "Content-Type": PROTOBUF})
         encode, decode = (encode_lease, decode_lease) if proto else (orjson.dumps, orjson.loads)
+        head = header_block(put_headers)   # formatted once, as shardlet.api does
         ok = conflicts = errors = 0
         lat: list[float] = []
         c = max(1, min(args.concurrency, len(mine)))
@@ -103,17 +105,22 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 obj["spec"]["renewTime"] = micro_time()  # type: ignore[index]
                 t0 = time.monotonic()
                 try:
-                    status, raw, _ = await pool.request("PUT", f"{LEASES}/{name}", headers=put_headers,
+                    status, raw, _ = await pool.request("PUT", f"{LEASES}/{name}", headers=head,
                                                         body=encode(obj))
                     if status == 200:
                         ok += 1
-                        cache[name] = decode(raw)
+                        # JSON: the new resourceVersion is all that changed (shardlet.lease)
+                        rv = None if proto else resource_version(raw)
+                        if rv is None:
+                            cache[name] = lean(decode(raw))
+                        else:
+                            obj["metadata"]["resourceVersion"] = rv  # type: ignore[index]
                         lat.append(time.monotonic() - t0)
                     elif status == 409:
                         conflicts += 1
-                        status, raw, _ = await pool.request("GET", f"{LEASES}/{name}", headers=put_headers)
+                        status, raw, _ = await pool.request("GET", f"{LEASES}/{name}", headers=head)
                         if status == 200:
-                            cache[name] = decode(raw)
+                            cache[name] = lean(decode(raw))
                     else:
                         errors += 1
                 except (TimeoutError, OSError):

@@ -5,7 +5,10 @@ node. Renewals on time use at most `calm` connections and leave the rest of the 
 the shard's stage writes, so a busy apiserver stretches the renewals a little, as it does
 kwok's; a renewal a whole interval late (its lease half expired) may use any of `concurrency`,
 and from then on stage writes give way to it (shardlet.precedence). Each renewal is a PUT of
-the cached Lease (optimistic concurrency, like the kubelet); a 409 re-reads it. A node assigned
+the cached Lease (optimistic concurrency, like the kubelet); a 409 re-reads it. The cache holds
+the Lease without its managedFields, which a PUT that leaves them out keeps as they are (the
+apiserver reads the live ones), and a renewal takes only the new resourceVersion from the
+response: the rest of it is what was sent. A node assigned
 to this shard is adopted at once: the coordinator's epochs guarantee no other shard serves it,
 so a foreign holderIdentity is taken over with leaseTransitions + 1.
 """
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 
 from shardlet.api import ApiError, Kube
@@ -32,6 +36,7 @@ _PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
 
 
 _second: tuple[int, str] = (-1, "")
+_RV = b'"resourceVersion":"'
 
 
 def micro_time(t: float | None = None) -> str:
@@ -47,6 +52,26 @@ def micro_time(t: float | None = None) -> str:
     if _second[0] != sec:
         _second = (sec, dt.datetime.fromtimestamp(sec, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     return f"{_second[1]}.{us:06d}Z"
+
+
+def resource_version(raw: bytes) -> str | None:
+    """metadata.resourceVersion of a Lease as the apiserver writes it, without parsing the rest:
+    the first "resourceVersion" key in its JSON is the object's own (kind, apiVersion and the
+    metadata fields before it are names and a uid, which cannot hold that quoted key)."""
+    i = raw.find(_RV)
+    if i < 0:
+        return None
+    i += len(_RV)
+    j = raw.find(b'"', i)
+    return raw[i:j].decode() if j > i else None
+
+
+def lean(lease: dict[str, Any]) -> dict[str, Any]:
+    """The Lease as a renewal sends it: without managedFields, which the apiserver keeps."""
+    meta = lease.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return lease
 
 
 class LeaseRenewer:
@@ -123,6 +148,9 @@ class LeaseRenewer:
         """Wait for one of the calm connections until the renewal turns urgent; True if taken."""
         if self._calm is None:
             return False
+        if not self._calm.locked():   # a free slot: taken without a timer
+            await self._calm.acquire()
+            return True
         wait = due + self.urgent_after - time.monotonic()
         if wait > 0:
             try:
@@ -164,7 +192,7 @@ class LeaseRenewer:
         spec["renewTime"] = now
         spec["holderIdentity"] = self.holder
         try:
-            self.leases[node] = await self.kube.replace(f"{_PATH}/{node}", lease)
+            raw = await self.kube.request_bytes("PUT", f"{_PATH}/{node}", body=orjson.dumps(lease))
         except ApiError as e:
             if e.status in (404, 409):
                 self.leases.pop(node, None)
@@ -173,6 +201,11 @@ class LeaseRenewer:
                     self.leases[node] = lease
                 return
             raise
+        rv = resource_version(raw)
+        if rv is not None:
+            lease["metadata"]["resourceVersion"] = rv
+        else:
+            self.leases[node] = lean(orjson.loads(raw))
 
     async def _acquire(self, node: str, now: str) -> dict[str, Any] | None:
         # create first: a fresh node has no lease, so this is one request instead of GET + POST;
@@ -186,11 +219,11 @@ class LeaseRenewer:
         }
         try:
             created: dict[str, Any] = await self.kube.create(_PATH, body)
-            return created
+            return lean(created)
         except ApiError as e:
             if e.status != 409:
                 raise
-        cur = await self.kube.get(f"{_PATH}/{node}")
+        cur = lean(await self.kube.get(f"{_PATH}/{node}"))
         spec = cur.setdefault("spec", {})
         if spec.get("holderIdentity") != self.holder:
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
@@ -200,7 +233,7 @@ class LeaseRenewer:
         spec["renewTime"] = now
         spec["leaseDurationSeconds"] = self.duration
         replaced: dict[str, Any] = await self.kube.replace(f"{_PATH}/{node}", cur)
-        return replaced
+        return lean(replaced)
 
     async def release_all(self) -> None:
         """Give up every lease by clearing holderIdentity (optional on shutdown)."""

@@ -79,6 +79,12 @@ def test_leases_renewed_every_quarter_duration(nodes: ReadyMonitor, kubectl: Kub
     b = poll(lambda: (r := renew_times()["node-000001"]) != a and r, 20, 0.25, "another renewal")
     gap = (dt.datetime.fromisoformat(b.replace("Z", "+00:00")) - dt.datetime.fromisoformat(a.replace("Z", "+00:00"))).total_seconds()
     assert 8.5 <= gap <= 11.5, gap
+    # renewals leave managedFields out of the PUT; the apiserver keeps the live ones, and the
+    # renewer's entry (its user agent) still owns renewTime after several renewals
+    mf = kubectl.json("get", "lease", "-n", "kube-node-lease", "node-000001",
+                      "--show-managed-fields")["metadata"]["managedFields"]
+    mine = [m for m in mf if m["manager"] == "shardlet-lease"]
+    assert mine and "f:renewTime" in mine[0]["fieldsV1"]["f:spec"], mf
 
 
 def _pods(kubectl: Kubectl, ns: str, selector: str = "") -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from shardlet.httpclient import ConnectionLost, HttpPool
+from shardlet.httpclient import ConnectionLost, HttpPool, header_block
 
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -177,3 +177,45 @@ async def test_closed_pool_refuses() -> None:
     pool.close()
     with pytest.raises(ConnectionLost):
         await pool.request("GET", "/", headers={})
+
+
+async def test_a_preformatted_header_block_goes_out_as_given() -> None:
+    async def echo(head: bytes, body: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(response(200, body))
+        return True
+
+    block = header_block({"Authorization": "Bearer t", "Content-Type": "application/json"})
+    assert block == b"Authorization: Bearer t\r\nContent-Type: application/json\r\n"
+    async with Server(echo) as srv:
+        pool = HttpPool(srv.url, False)
+        assert (await pool.request("PUT", "/l", headers=block, body=b"{}"))[1] == b"{}"
+        assert (await pool.request("GET", "/g", headers=block))[0] == 200
+        pool.close()
+    put, get = (r.split(b"\r\n") for r in srv.requests)
+    assert put[0] == b"PUT /l HTTP/1.1" and b"Authorization: Bearer t" in put and b"Content-Length: 2" in put
+    assert put[-1] == b"{}" and put[-2] == b""   # the blank line, then the body
+    assert get[0] == b"GET /g HTTP/1.1" and not any(h.startswith(b"Content-Length") for h in get)
+
+
+async def test_one_request_times_out_while_the_others_on_the_pool_complete() -> None:
+    async def hang_a(head: bytes, body: bytes, w: asyncio.StreamWriter) -> bool:
+        if head.startswith(b"GET /a "):
+            await asyncio.sleep(5)
+        w.write(response(200, b"ok"))
+        return True
+
+    async with Server(hang_a) as srv:
+        pool = HttpPool(srv.url, False, limit=4, timeout=0.4)
+        t0 = asyncio.get_running_loop().time()
+        res = await asyncio.gather(pool.request("GET", "/a", headers={}),
+                                   *(pool.request("GET", f"/b{i}", headers={}) for i in range(3)),
+                                   return_exceptions=True)
+        took = asyncio.get_running_loop().time() - t0
+        assert isinstance(res[0], TimeoutError)
+        assert [r[1] for r in res[1:]] == [b"ok"] * 3   # type: ignore[index]
+        # the sweep runs every timeout/4: late by at most that, never waits for the server's 5 s
+        assert 0.4 <= took < 1.5
+        assert not pool._busy   # nothing left for the sweep to watch ...
+        await asyncio.sleep(0.25)
+        assert pool._sweep is None   # ... so it stopped re-arming
+        pool.close()
