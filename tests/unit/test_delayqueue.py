@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from shardlet.delayqueue import DelayQueue
 
@@ -163,3 +164,47 @@ async def test_no_backlog_while_slots_are_free() -> None:
             q.put(f"k{i}", i)
         await asyncio.wait_for(_until(lambda: q.inflight == 4), 2)
         assert q.backlog_age() == 0.0
+
+
+async def test_a_queue_behind_runs_its_due_jobs_in_due_order_in_the_tasks_it_has() -> None:
+    order: list[str] = []
+    tasks: set[asyncio.Task[object] | None] = set()
+    done = asyncio.Event()
+
+    async def run(key: str, _item: int, _due: float) -> None:
+        order.append(key)
+        tasks.add(asyncio.current_task())
+        await asyncio.sleep(0.005)
+        if len(order) == 20:
+            done.set()
+    q: DelayQueue[str, int] = DelayQueue(run, concurrency=2)
+    for i in range(20):   # all due at once, oldest first: the queue is behind
+        q.put(f"k{i:02d}", i, 0.001 * i)
+    await asyncio.sleep(0.03)
+    await _run_until(q, done)
+    assert order == [f"k{i:02d}" for i in range(20)]
+    # a finished job took the next due one in its own task: two tasks, not twenty
+    assert len(tasks) == 2
+
+
+async def test_a_job_put_while_every_slot_is_busy_runs_when_one_frees() -> None:
+    ran: list[str] = []
+    done = asyncio.Event()
+
+    async with _held_queue(2) as (q, release):
+        q.put("a", 0)
+        q.put("b", 0)
+        await asyncio.wait_for(_until(lambda: q.inflight == 2), 2)
+        q._run = _record(ran, done)   # type: ignore[method-assign]
+        q.put("c", 0)                  # no slot: waits, counted as backlog
+        await asyncio.wait_for(_until(lambda: q.backlog_age() > 0.05), 2)
+        release.set()
+        await asyncio.wait_for(done.wait(), 2)
+    assert ran == ["c"]
+
+
+def _record(ran: list[str], done: asyncio.Event) -> Callable[[str, int, float], Any]:
+    async def run(key: str, _item: int, _due: float) -> None:
+        ran.append(key)
+        done.set()
+    return run
