@@ -387,3 +387,30 @@ def test_the_profile_at_hold_gets_its_own_section_and_stays_out_of_the_ramp_prof
     none: list[str] = []
     report._hold_profile(none, "### at hold\n", [ramp])
     assert none == []
+
+
+def test_the_writer_share_compares_only_with_writers_on_the_same_kernel(tmp_path: Path) -> None:
+    """A VM moved to another host build keeps its CPU model, cores and memory but not its speed:
+    the best raw writer is taken from runs on the same kernel, and a later run says so."""
+    both = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    data = json.loads(both.read_text())
+    data["records"] = [r for r in data["records"] if r["sim"] != "kwok"]
+    data["meta"]["hardware"]["kernel"] = "other-build"
+    for r in data["records"]:
+        if r["scenario"] == "writer":
+            for k in ("writes_per_s",):
+                if k in r["m"]:
+                    r["m"][k] = round(r["m"][k] / 2, 1)   # the slower host build
+    moved = tmp_path / "2026-11-29T0000-vm.json"
+    moved.write_text(json.dumps(data))
+    own = report._writer_max(report.summarize(data["records"]))
+    full = report._writer_max(report.summarize(json.loads(FULL.read_text())["records"]))
+    assert own and full and own < full
+    s1 = next(r for r in data["records"] if r["scenario"] == "lease-hold")
+    seen = next(s["lease_puts_per_s"] for s in s1["x"]["steps"] if s["nodes"] == s1["m"]["capacity_nodes"])
+    share = _row(report.target_rows(tmp_path), "2. ≥ 80%")
+    assert share[4] == f"{100 * seen / own:.0f}%" and moved.stem in share[1] and "hardware and kernel" in share[1]
+    report.render(tmp_path / FULL.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    assert "but kernel other-build" in later.split("\n", 3)[2]
