@@ -352,6 +352,8 @@ def _writer(out: list[str], title: str, summary: dict[str, Any]) -> None:
       "writer shares the 2 CPUs with the apiserver and etcd, so its own CPU is shown beside theirs. Runs "
       "from 2026-11-28 on write as shardlet does (its lean HTTP client, a service-account token); earlier "
       "runs used aiohttp and the admin client certificate, which the apiserver verifies per request. "
+      "From shardlet commit d55f92e on it also leaves managedFields out of the PUT (the apiserver keeps "
+      "them) and reads only the new resourceVersion from the answer, as shardlet's renewer does. "
       "A level ending in `pb` sends and accepts protobuf (`application/vnd.kubernetes.protobuf`, the "
       "kubelet's encoding) instead of JSON.\n")
     w("| in flight | writes/s | latency p50 / p99 (ms) | writer CPU % | apiserver CPU % | apiserver CPU-ms per write "
