@@ -173,8 +173,8 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
             t = 0.0
             if sizes["profile_nodes"]:
                 t += overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
-            if "kwok" in sims and sizes["profile_nodes"]:
-                t += overhead("kwok") + work(sizes["profile_nodes"], sizes["profile_pods"]) + sizes["profile_idle"]
+                if "kwok" in sims:
+                    t += overhead("kwok") + work(sizes["profile_nodes"], sizes["profile_pods"]) + sizes["profile_idle"]
             if sizes["profile_hold_nodes"]:   # ~110 nodes Ready/s on the 2-vCPU box, then settle and the window
                 t += overhead("s1") + sizes["profile_hold_nodes"] / 110 + sizes["settle"] + sizes["profile_hold_s"] + 30
         out[sc] = round(t)

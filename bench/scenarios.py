@@ -885,9 +885,10 @@ def _spy_cmd(spy: str, sim: Simulator, out_file: Path) -> list[str]:
 
 async def profile_at_hold(bench: Bench, sim: str, rep: int) -> dict[str, Any]:
     """The hot path where capacity is decided: `profile_hold_nodes` nodes all Ready and the
-    controller-manager's lifecycle taints gone, then, after `settle`, py-spy on the simulator and the apiserver's pprof over the same `profile_hold_s`
-    window, with the lease PUTs served and each side's CPU in it. Nothing else runs: every cost in
-    the window is holding the nodes (renewals, the heartbeat stage, the controller-manager)."""
+    controller-manager's lifecycle taints gone, then, after `settle`, py-spy on the simulator and
+    the apiserver's pprof over the same `profile_hold_s` window, with the lease PUTs served and each
+    side's CPU in it. Nothing else runs: every cost in the window is holding the nodes (renewals,
+    the heartbeat stage, the controller-manager)."""
     from bench.profile import fetch_pprof, go, py_spy
 
     n, window = int(bench.sizes["profile_hold_nodes"]), int(bench.sizes["profile_hold_s"])

@@ -29,7 +29,7 @@ from bench.leaseproto import CONTENT_TYPE as PROTOBUF
 from bench.leaseproto import decode_lease, encode_lease
 from shardlet.api import Kube, load_credentials
 from shardlet.httpclient import HttpPool, header_block
-from shardlet.lease import lean, micro_time, resource_version
+from shardlet.lease import lean, micro_time, renewed
 from shardlet.satoken import ensure_account, request_token
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
@@ -109,12 +109,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                                                         body=encode(obj))
                     if status == 200:
                         ok += 1
-                        # JSON: the new resourceVersion is all that changed (shardlet.lease)
-                        rv = None if proto else resource_version(raw)
-                        if rv is None:
-                            cache[name] = lean(decode(raw))
-                        else:
-                            obj["metadata"]["resourceVersion"] = rv  # type: ignore[index]
+                        # JSON: the new resourceVersion is all that changed, as shardlet reads it
+                        cache[name] = lean(decode(raw)) if proto else renewed(obj, raw)
                         lat.append(time.monotonic() - t0)
                     elif status == 409:
                         conflicts += 1

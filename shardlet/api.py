@@ -176,12 +176,16 @@ class Kube:
             self._file_token = (time.monotonic(), token)
         return token
 
-    def _auth_headers(self) -> dict[str, str]:
+    def _headers_with(self, bearer: str | None, content_type: str | None = None) -> dict[str, str]:
         h = dict(self._headers)
-        token = self._bearer()
-        if token:
-            h["Authorization"] = f"Bearer {token}"
+        if bearer:
+            h["Authorization"] = f"Bearer {bearer}"
+        if content_type:
+            h["Content-Type"] = content_type
         return h
+
+    def _auth_headers(self) -> dict[str, str]:
+        return self._headers_with(self._bearer())
 
     def _head(self, bearer: str | None, content_type: str | None) -> bytes:
         """Header lines of a short request, formatted once per (token, content type): building
@@ -189,14 +193,9 @@ class Kube:
         key = (bearer, content_type)
         head = self._heads.get(key)
         if head is None:
-            h = dict(self._headers)
-            if bearer:
-                h["Authorization"] = f"Bearer {bearer}"
-            if content_type:
-                h["Content-Type"] = content_type
             if len(self._heads) > 16:   # tokens rotate; keep only the current ones
                 self._heads.clear()
-            head = self._heads[key] = header_block(h)
+            head = self._heads[key] = header_block(self._headers_with(bearer, content_type))
         return head
 
     def _sess(self, watch: bool = False) -> aiohttp.ClientSession:

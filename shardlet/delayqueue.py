@@ -76,7 +76,7 @@ class DelayQueue(Generic[K, T]):
             return 0.0
         now = time.monotonic()
         head = self._head()
-        return max(0.0, now - head) if head is not None and head <= now else 0.0
+        return now - head if head is not None and head <= now else 0.0
 
     def _head(self) -> float | None:
         """Due time of the first live entry, dropping cancelled or replaced ones above it."""
@@ -90,29 +90,22 @@ class DelayQueue(Generic[K, T]):
         return None
 
     def _pop_due(self, now: float) -> tuple[K, T, float] | None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            due, seq, key = heapq.heappop(heap)
-            entry = self._pending.get(key)
-            if entry is None or entry[0] != seq:
-                continue   # cancelled or replaced
-            del self._pending[key]
-            return key, entry[1], due
-        return None
+        head = self._head()
+        if head is None or head > now:
+            return None
+        due, _, key = heapq.heappop(self._heap)
+        return key, self._pending.pop(key)[1], due
 
     async def run(self) -> None:
         try:
             while True:
                 # a slot first, then the next due job for it: a job popped before its slot could
                 # wait behind the ones that running jobs take for themselves
-                if self._sem.locked():
-                    self._starved = True   # seen only while acquire waits
-                    try:
-                        await self._sem.acquire()
-                    finally:
-                        self._starved = False
-                else:
+                self._starved = True   # seen only while acquire waits: a free slot does not yield
+                try:
                     await self._sem.acquire()
+                finally:
+                    self._starved = False
                 try:
                     job = await self._next()
                 except BaseException:

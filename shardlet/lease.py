@@ -74,6 +74,17 @@ def lean(lease: dict[str, Any]) -> dict[str, Any]:
     return lease
 
 
+def renewed(lease: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    """The cached Lease after a PUT of it that the apiserver answered with `raw`: the one sent,
+    with the answer's new resourceVersion (the rest is what was sent), or the answer itself when
+    that is not found."""
+    rv = resource_version(raw)
+    if rv is None:
+        return lean(orjson.loads(raw))
+    lease["metadata"]["resourceVersion"] = rv
+    return lease
+
+
 class LeaseRenewer:
     def __init__(self, kube: Kube, holder: str, *, duration: int = 40, concurrency: int = 64,
                  calm: int = 16, on_renew: Callable[[float, bool], None] | None = None) -> None:
@@ -184,9 +195,7 @@ class LeaseRenewer:
         lease = self.leases.get(node)
         now = micro_time()
         if lease is None:
-            lease = await self._acquire(node, now)
-            if lease is not None:
-                self.leases[node] = lease
+            self.leases[node] = await self._acquire(node, now)
             return
         spec = lease["spec"]
         spec["renewTime"] = now
@@ -196,18 +205,12 @@ class LeaseRenewer:
         except ApiError as e:
             if e.status in (404, 409):
                 self.leases.pop(node, None)
-                lease = await self._acquire(node, now)
-                if lease is not None:
-                    self.leases[node] = lease
+                self.leases[node] = await self._acquire(node, now)
                 return
             raise
-        rv = resource_version(raw)
-        if rv is not None:
-            lease["metadata"]["resourceVersion"] = rv
-        else:
-            self.leases[node] = lean(orjson.loads(raw))
+        self.leases[node] = renewed(lease, raw)
 
-    async def _acquire(self, node: str, now: str) -> dict[str, Any] | None:
+    async def _acquire(self, node: str, now: str) -> dict[str, Any]:
         # create first: a fresh node has no lease, so this is one request instead of GET + POST;
         # a 409 means another holder had it (handoff, restart) and we adopt it
         body = {
