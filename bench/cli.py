@@ -62,6 +62,9 @@ def parse_args(argv_: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma separated, in this order: {', '.join(ORDER)} (default: all)")
     p.add_argument("--sims", default=None,
                    help="simulators: kwok and sN = shardlet with N shards (default: kwok,s1,s2,s4; --quick: kwok,s1,s2)")
+    p.add_argument("--hold-sims", default=None,
+                   help="the simulators lease-hold searches, a subset of --sims (default: all of them); "
+                        "its targets are S=1 against kwok, and one search takes tens of minutes")
     p.add_argument("--repeat", type=int, default=1,
                    help="repeat each measurement N times on fresh clusters, report median and min-max "
                         "(lease-hold and profile run once) (default: %(default)s)")
@@ -83,6 +86,17 @@ def parse_args(argv_: list[str] | None = None) -> argparse.Namespace:
 
 def _fmt_default(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def hold_sims(args: argparse.Namespace, sims: list[str]) -> list[str]:
+    """--hold-sims, checked against --sims (lease-hold only runs simulators the run sets up)."""
+    if args.hold_sims is None:
+        return list(sims)
+    want = [s.strip() for s in args.hold_sims.split(",") if s.strip()]
+    stray = [s for s in want if s not in sims]
+    if stray or not want:
+        raise SystemExit(f"bench: --hold-sims {args.hold_sims!r}: must name some of --sims ({','.join(sims)})")
+    return [s for s in sims if s in want]
 
 
 def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, Any]]:
@@ -136,8 +150,10 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, A
     return scenarios, sims, sizes
 
 
-def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repeat: int) -> dict[str, float]:
-    """A rough wall-clock guess on the 2-core box (creation ~250 nodes/s, ~200 pods/s)."""
+def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repeat: int,
+             held: list[str] | None = None) -> dict[str, float]:
+    """A rough wall-clock guess on the 2-core box (creation ~250 nodes/s, ~200 pods/s); `held`: the
+    simulators lease-hold searches (default all)."""
     def overhead(sim: str) -> float:
         return 15.0 + (25.0 if parse_sim(sim)[1] > 1 else 0.0)
 
@@ -157,7 +173,7 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
             elif sc == "steady":
                 t += repeat * (overhead(sim) + work(sizes["steady_nodes"], sizes["steady_pods"]) + sizes["settle"]
                                + sizes["window"])
-            elif sc == "lease-hold":
+            elif sc == "lease-hold" and (held is None or sim in held):
                 # assume it breaks around 16k nodes (or at hold_max), plus one bisect
                 # the scenario's own size steps (its module is loaded lazily: the estimate is arithmetic)
                 from bench.scenarios import next_hold_size
@@ -185,6 +201,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.scenarios, self.sims, self.sizes = resolve(args)
+        self.hold_sims = hold_sims(args, self.sims)
         self.t0 = time.time()
         host = socket.gethostname().split(".")[0] or "host"
         stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
@@ -218,12 +235,13 @@ class Runner:
 
         bin_dir = toolchain.ensure(quiet=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        est = estimate(self.scenarios, self.sims, self.sizes, self.args.repeat)
+        est = estimate(self.scenarios, self.sims, self.sizes, self.args.repeat, self.hold_sims)
         noise = procs.busy_others({os.getpid()}, 1.0)
         self.data = {
             "meta": {
                 "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "quick": self.args.quick, "argv": sys.argv[1:], "scenarios": self.scenarios, "sims": self.sims,
+                "hold_sims": self.hold_sims,
                 "repeat": self.args.repeat, "sizes": self.sizes, "creator_concurrency": self.args.concurrency,
                 "estimate_s": est, "hardware": sysinfo.hardware(), "versions": sysinfo.versions(bin_dir),
                 "loadavg_start": procs.loadavg(), "busy_processes_at_start": noise,
@@ -261,6 +279,8 @@ class Runner:
                 for rep in range(1 if once else self.args.repeat):
                     if sc == "writer":
                         targets: list[str | None] = [None]
+                    elif sc == "lease-hold":
+                        targets = list(self.hold_sims)
                     elif sc == "profile":
                         # the hot path of one shard, in-process; kwok beside it for the apiserver's side
                         targets = [s for s in ("kwok", "s1") if s in self.sims or s == "s1"]
@@ -330,7 +350,7 @@ def main(argv_: list[str] | None = None) -> int:
     logs.configure("warning")   # the cluster and watch helpers' info/debug lines would drown the progress
     r = Runner(args)
     if args.estimate:
-        est = estimate(r.scenarios, r.sims, r.sizes, args.repeat)
+        est = estimate(r.scenarios, r.sims, r.sizes, args.repeat, r.hold_sims)
         print(json.dumps({"total_min": round(sum(est.values()) / 60, 1),
                           "per_scenario_min": {k: round(v / 60, 1) for k, v in est.items()}}, indent=1))
         return 0

@@ -1124,6 +1124,7 @@ to skip; without them the run still measures everything else).
 | `--scenarios` | `writer,ready,scaling,steady,lease-hold,profile` (default all, run in that order) |
 | `--sims` | `kwok` and `sN` = shardlet with N shards (default `kwok,s1,s2,s4`; `--quick`: `kwok,s1,s2`) |
 | `--repeat N` | every measurement N times on fresh clusters, interleaved; median and min-max reported (lease-hold and profile run once) |
+| `--hold-sims` | the simulators lease-hold searches, some of `--sims` (default all; its targets are `kwok,s1`) |
 | `--quick` | small sizes and short windows: a smoke run of every code path |
 | `--sizes KEY=V[,V]` | (`steady_*`, `scaling_*`, `profile_*` follow `nodes`/`pods` unless given) `nodes`, `pods`, `steady_nodes`, `steady_pods`, `window`, `settle`, `scaling_nodes`, `scaling_pods`, `hold`, `hold_start`, `hold_max`, `hold_bisect`, `hold_grow`, `hold_stall`, `hold_writer` (levels, default none), `writer_leases`, `writer` (levels like `64`, `2x64` or `64pb`), `writer_duration`, `profile_nodes` (0: only the profile at hold), `profile_pods`, `profile_idle`, `profile_api_s`, `profile_hold_nodes` (0: no profile at hold), `profile_hold_s` |
 | `--hold S`, `--window S` | lease-hold time per size (default 300 s), steady idle window (default 120 s) |

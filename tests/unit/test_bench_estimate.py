@@ -62,3 +62,23 @@ def test_the_profile_at_hold_is_on_by_default_counted_in_the_estimate_and_can_ru
     # 20,000 nodes made Ready, the settle and the 60 s window
     assert with_hold - without >= 20000 / 110 + 30 + 60
     assert 0 < alone < with_hold and alone == with_hold - without
+
+
+def test_hold_sims_limits_the_lease_hold_search_and_must_be_some_of_sims() -> None:
+    sims = ["kwok", "s1", "s2", "s4"]
+    args = cli.parse_args(["--sims", ",".join(sims)])
+    assert cli.hold_sims(args, sims) == sims
+    args = cli.parse_args(["--sims", ",".join(sims), "--hold-sims", "s1, kwok"])
+    assert cli.hold_sims(args, sims) == ["kwok", "s1"]   # in --sims order
+    sizes = cli.resolve(args)[2]
+    every = cli.estimate(["lease-hold", "steady"], sims, sizes, 1)
+    two = cli.estimate(["lease-hold", "steady"], sims, sizes, 1, ["kwok", "s1"])
+    assert every["steady"] == two["steady"]          # the other scenarios still run every simulator
+    assert 0 < two["lease-hold"] < every["lease-hold"]
+    for bad in ("s8", "", "kwok,s3"):
+        try:
+            cli.hold_sims(cli.parse_args(["--sims", "kwok,s1", "--hold-sims", bad]), ["kwok", "s1"])
+        except SystemExit as e:
+            assert "--hold-sims" in str(e)
+        else:
+            raise AssertionError(f"--hold-sims {bad!r} accepted")
