@@ -88,11 +88,24 @@ def _fmt_default(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
+def _names(text: str) -> list[str]:
+    """A comma list as given on the command line: names stripped, empty ones dropped."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def profile_sims(sims: list[str]) -> list[str]:
+    """The profile's simulators: the first shardlet in --sims (S=1 when none is named), and kwok
+    beside it when named, for the apiserver's side. One shardlet, since a profile is long and the
+    full run's order (kwok,s1,s2,s4) puts the in-process shard first; `--sims s4` profiles S=4."""
+    shard = next((s for s in sims if s != "kwok"), "s1")
+    return [s for s in sims if s == "kwok"] + [shard]
+
+
 def hold_sims(args: argparse.Namespace, sims: list[str]) -> list[str]:
     """--hold-sims, checked against --sims (lease-hold only runs simulators the run sets up)."""
     if args.hold_sims is None:
         return list(sims)
-    want = [s.strip() for s in args.hold_sims.split(",") if s.strip()]
+    want = _names(args.hold_sims)
     stray = [s for s in want if s not in sims]
     if stray or not want:
         raise SystemExit(f"bench: --hold-sims {args.hold_sims!r}: must name some of --sims ({','.join(sims)})")
@@ -100,12 +113,12 @@ def hold_sims(args: argparse.Namespace, sims: list[str]) -> list[str]:
 
 
 def resolve(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, Any]]:
-    want = [ALIASES.get(s.strip(), s.strip()) for s in args.scenarios.split(",") if s.strip()]
+    want = [ALIASES.get(s, s) for s in _names(args.scenarios)]
     scenarios = ORDER[:] if "all" in want else [s for s in ORDER if s in want]
     unknown = [s for s in want if s not in ORDER and s != "all"]
     if unknown:
         raise SystemExit(f"bench: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
-    sims = [s.strip() for s in (args.sims or ",".join(QUICK_SIMS if args.quick else FULL_SIMS)).split(",") if s.strip()]
+    sims = _names(args.sims) if args.sims else list(QUICK_SIMS if args.quick else FULL_SIMS)
     for s in sims:
         try:
             parse_sim(s)
@@ -186,13 +199,13 @@ def estimate(scenarios: list[str], sims: list[str], sizes: dict[str, Any], repea
                 if sizes["hold_writer"]:   # after each held size: the writer levels, then a fresh cluster
                     t += len(steps) * (len(sizes["hold_writer"]) * (sizes["writer_duration"] + 8) + overhead(sim))
         if sc == "profile":
-            t = 0.0
+            t, shard = 0.0, profile_sims(sims)[-1]
             if sizes["profile_nodes"]:
-                t += overhead("s1") + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
+                t += overhead(shard) + work(sizes["profile_nodes"], sizes["profile_pods"]) * 1.3 + sizes["profile_idle"]
                 if "kwok" in sims:
                     t += overhead("kwok") + work(sizes["profile_nodes"], sizes["profile_pods"]) + sizes["profile_idle"]
             if sizes["profile_hold_nodes"]:   # ~110 nodes Ready/s on the 2-vCPU box, then settle and the window
-                t += overhead("s1") + sizes["profile_hold_nodes"] / 110 + sizes["settle"] + sizes["profile_hold_s"] + 30
+                t += overhead(shard) + sizes["profile_hold_nodes"] / 110 + sizes["settle"] + sizes["profile_hold_s"] + 30
         out[sc] = round(t)
     return out
 
@@ -282,8 +295,7 @@ class Runner:
                     elif sc == "lease-hold":
                         targets = list(self.hold_sims)
                     elif sc == "profile":
-                        # the hot path of one shard, in-process; kwok beside it for the apiserver's side
-                        targets = [s for s in ("kwok", "s1") if s in self.sims or s == "s1"]
+                        targets = profile_sims(self.sims)
                     else:
                         targets = list(self.sims)
                     for sim in targets:

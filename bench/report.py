@@ -1221,7 +1221,8 @@ processes.
    processes; `64pb` = 64 in flight in protobuf, the kubelet's encoding, instead of JSON). A simulator
    holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the apiserver served a
    simulator at its lease-hold capacity is stated as a share of the best rate here.
-6. **profile** — shardlet S = 1 under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
+6. **profile** — the first shardlet of `--sims` (S = 1 in a full run; `--sims s4` profiles S = 4, its
+   shards as py-spy `--subprocesses`) under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
    nodes becoming Ready, `profile_idle` (60 s) of idle leases, and `profile_pods` (10,000) pods created,
    Running and deleted; the top costs by self time, inclusive time and module. Not timed. Beside it (and
    for kwok too, when kwok is among the sims) a Go pprof CPU profile of kube-apiserver for `profile_api_s`

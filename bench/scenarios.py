@@ -233,6 +233,24 @@ def _strip(ph: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- 1. time to Ready / Running / deleted ----------------------------------------------------
+async def behind_leases(env: Env) -> int | None:
+    """Stage writes so far that waited behind lease renewals (shardlet.precedence), all shards;
+    None for kwok or when the status is not there."""
+    if env.sim is None or env.sim.kind != "shardlet":
+        return None
+    st = await asyncio.to_thread(env.sim.status)
+    if not st:
+        return None
+    return sum(int(s.get("stage_writes_behind_leases") or 0) for s in st.get("shards", []))
+
+
+def _gated(m: dict[str, Any], phase: str, before: int | None, after: int | None) -> int | None:
+    """Record the phase's stage writes that took the narrow gate behind lease renewals."""
+    if before is not None and after is not None:
+        m[f"{phase}_writes_behind_leases"] = after - before
+    return after
+
+
 async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[str, Any]) -> None:
     """Nodes (timed from the first create, simulator already serving), then pods, then delete."""
     m, x = rec["m"], rec["x"]
@@ -240,6 +258,7 @@ async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[s
     pw = await PodWatch(env.kube).start() if pods else None
     tasks: list[asyncio.Task[dict[str, Any]]] = []
     try:
+        gated = await behind_leases(env)
         ph = await env.phase().begin()
         series: list[tuple[float, int]] = []
         t_ref = time.monotonic()
@@ -262,11 +281,13 @@ async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[s
                  nodes_apiserver_cpu_s=cpu["apiserver_cpu_s"], nodes_etcd_cpu_s=cpu["etcd_cpu_s"])
         x["nodes_phase"] = _strip(cpu)
         x["series_nodes"] = series
+        _gated(m, "nodes", gated, await behind_leases(env))
         bench.log(f"    {n} nodes Ready in {m['nodes_ready_s']:.1f}s (created in {c['create_s']:.1f}s)")
         if not pods or pw is None:
             return
         m["nodes_settle_s"] = await settle(nw, bench.log, env.sim_alive)
         # pods, bound round-robin
+        gated = await behind_leases(env)
         ph = await env.phase().begin()
         series = []
         t_ref = time.monotonic()
@@ -292,6 +313,7 @@ async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[s
                  pods_sim_pss_with_ray_mib=mem["sim_pss_with_ray_mib"])
         x["pods_phase"] = _strip(cpu)
         x["series_pods"] = series
+        gated = _gated(m, "pods", gated, await behind_leases(env))
         bench.log(f"    {pods} pods Running in {m['pods_running_s']:.1f}s (created in {c['create_s']:.1f}s)")
         # delete all
         ph = await env.phase().begin()
@@ -315,6 +337,7 @@ async def nodes_then_pods(bench: Bench, env: Env, n: int, pods: int, rec: dict[s
                  delete_sim_cpu_s=cpu["sim_cpu_s"], delete_sim_cpu_with_ray_s=cpu["sim_cpu_with_ray_s"])
         x["delete_phase"] = _strip(cpu)
         x["series_deleted"] = series
+        _gated(m, "delete", gated, await behind_leases(env))
         bench.log(f"    {pods} pods deleted in {m['pods_deleted_s']:.1f}s")
     finally:
         for t in tasks:

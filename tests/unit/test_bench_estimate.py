@@ -82,3 +82,20 @@ def test_hold_sims_limits_the_lease_hold_search_and_must_be_some_of_sims() -> No
             assert "--hold-sims" in str(e)
         else:
             raise AssertionError(f"--hold-sims {bad!r} accepted")
+
+
+def test_the_profile_runs_the_first_shardlet_named_with_kwok_beside_it() -> None:
+    assert cli.profile_sims(["kwok", "s1", "s2", "s4"]) == ["kwok", "s1"]   # the full run: in-process shard
+    assert cli.profile_sims(["s4"]) == ["s4"]
+    assert cli.profile_sims(["s4", "kwok"]) == ["kwok", "s4"]
+    assert cli.profile_sims(["kwok"]) == ["kwok", "s1"]                      # no shardlet named: S=1
+    # Ray's start is in the estimate when the profiled shardlet runs under it
+    s1 = cli.estimate(["profile"], ["s1"], _sizes(), 1)["profile"]
+    s4 = cli.estimate(["profile"], ["s4"], _sizes(), 1)["profile"]
+    assert s4 > s1
+
+
+def test_comma_lists_drop_blanks_and_spaces() -> None:
+    args = cli.parse_args(["--scenarios", " ready, ,steady ", "--sims", "kwok, s4,"])
+    scenarios, sims, _ = cli.resolve(args)
+    assert scenarios == ["ready", "steady"] and sims == ["kwok", "s4"]

@@ -401,10 +401,8 @@ def test_the_writer_share_compares_only_with_writers_on_the_same_kernel(tmp_path
     data["records"] = [r for r in data["records"] if r["sim"] != "kwok"]
     data["meta"]["hardware"]["kernel"] = "other-build"
     for r in data["records"]:
-        if r["scenario"] == "writer":
-            for k in ("writes_per_s",):
-                if k in r["m"]:
-                    r["m"][k] = round(r["m"][k] / 2, 1)   # the slower host build
+        if r["scenario"] == "writer" and "writes_per_s" in r["m"]:
+            r["m"]["writes_per_s"] = round(r["m"]["writes_per_s"] / 2, 1)   # the slower host build
     moved = tmp_path / "2026-11-29T0000-vm.json"
     moved.write_text(json.dumps(data))
     own = report._writer_max(report.summarize(data["records"]))
