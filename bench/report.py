@@ -198,16 +198,20 @@ def _ready(out: list[str], title: str, summary: dict[str, Any], sims: list[str])
                 ("nodes_after_created_s", "… Ready after the last create (s)"),
                 ("nodes_sim_cpu_s", "simulator CPU-s, nodes phase"),
                 ("nodes_sim_cpu_with_ray_s", "… with Ray's daemons"),
-                ("nodes_apiserver_cpu_s", "apiserver CPU-s, nodes phase")]
+                ("nodes_apiserver_cpu_s", "apiserver CPU-s, nodes phase"),
+                ("nodes_writes_behind_leases", "stage writes held behind lease renewals, nodes phase")]
         if p:
             rows += [("nodes_settle_s", "controller-manager caught up after that (s, untimed)"),
                      ("pods_running_s", f"{p:,} pods Running (s)"), ("pods_create_s", "… creating them took (s)"),
                      ("pods_after_created_s", "… Running after the last create (s)"),
                      ("pods_deleted_s", f"{p:,} pods deleted (s)"),
+                     ("pods_delete_request_s", "… the benchmark's DELETEs took (s)"),
                      ("pods_sim_cpu_s", "simulator CPU-s, pods to Running"),
                      ("pods_sim_cpu_with_ray_s", "… with Ray's daemons"),
                      ("delete_sim_cpu_s", "simulator CPU-s, delete"),
                      ("pods_apiserver_cpu_s", "apiserver CPU-s, pods phase"),
+                     ("pods_writes_behind_leases", "stage writes held behind lease renewals, pods to Running"),
+                     ("delete_writes_behind_leases", "… and in the delete"),
                      ("pods_sim_pss_mib", f"simulator PSS with {p:,} pods (MiB)"),
                      ("pods_sim_pss_with_ray_mib", "… with Ray's daemons (MiB)")]
         rows.append(("probe_s", "simulator start → serving a probe node (s)"))

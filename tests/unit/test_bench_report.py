@@ -415,3 +415,25 @@ def test_the_writer_share_compares_only_with_writers_on_the_same_kernel(tmp_path
     report.render(tmp_path / FULL.name, tmp_path / "README.md")
     later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
     assert "but kernel other-build" in later.split("\n", 3)[2]
+
+
+def test_the_ready_table_shows_writes_held_behind_leases_only_where_measured(tmp_path: Path) -> None:
+    """shardlet's count of stage writes that took the narrow gate behind lease renewals, per
+    phase; kwok has no such gate (a dash), and an older run without the count has no row."""
+    shutil.copy(FULL, tmp_path / FULL.name)
+    partial = _partial_copy(tmp_path, ["ready"], "2026-11-28T0000-vm", 1.0)
+    data = json.loads(partial.read_text())
+    for r in data["records"]:
+        if r["sim"] == "s1" and r["size"].get("pods"):
+            r["m"].update(nodes_writes_behind_leases=7, pods_writes_behind_leases=263, delete_writes_behind_leases=0)
+    partial.write_text(json.dumps(data))
+    report.render(partial, tmp_path / "README.md")
+    head, _, later = (tmp_path / "README.md").read_text().partition("## Later partial run:")
+    row = next(line for line in later.splitlines() if line.startswith("| stage writes held behind lease renewals, pods"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    sims = [c.strip() for c in later.split("| 5,000", 1)[0].rsplit("|  |", 1)[1].split("\n", 1)[0].split("|")[:-1]]
+    assert cells[1 + sims.index("kwok")] == "-" and cells[1 + sims.index("shardlet S=1")] == "263", (sims, cells)
+    assert "| stage writes held behind lease renewals, nodes phase |" in later
+    delete = next(line for line in later.splitlines() if line.startswith("| … and in the delete"))
+    assert [c.strip() for c in delete.split("|")[1:-1]][1 + sims.index("shardlet S=1")] == "0"   # none held
+    assert "behind lease renewals" not in head  # the full run predates the count
