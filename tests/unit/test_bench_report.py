@@ -417,6 +417,15 @@ def test_the_writer_share_compares_only_with_writers_on_the_same_kernel(tmp_path
     assert "but kernel other-build" in later.split("\n", 3)[2]
 
 
+def _table_cell(text: str, row_start: str, column: str) -> str:
+    """The cell of the first row starting with `row_start`, under `column` of that row's table."""
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(row_start))
+    header = next(line for line in reversed(lines[:i]) if line.startswith("|  |"))
+    cols = [c.strip() for c in header.split("|")[1:-1]]
+    return [c.strip() for c in lines[i].split("|")[1:-1]][cols.index(column)]
+
+
 def test_the_ready_table_shows_writes_held_behind_leases_only_where_measured(tmp_path: Path) -> None:
     """shardlet's count of stage writes that took the narrow gate behind lease renewals, per
     phase; kwok has no such gate (a dash), and an older run without the count has no row."""
@@ -429,11 +438,8 @@ def test_the_ready_table_shows_writes_held_behind_leases_only_where_measured(tmp
     partial.write_text(json.dumps(data))
     report.render(partial, tmp_path / "README.md")
     head, _, later = (tmp_path / "README.md").read_text().partition("## Later partial run:")
-    row = next(line for line in later.splitlines() if line.startswith("| stage writes held behind lease renewals, pods"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
-    sims = [c.strip() for c in later.split("| 5,000", 1)[0].rsplit("|  |", 1)[1].split("\n", 1)[0].split("|")[:-1]]
-    assert cells[1 + sims.index("kwok")] == "-" and cells[1 + sims.index("shardlet S=1")] == "263", (sims, cells)
+    pods = "| stage writes held behind lease renewals, pods"
+    assert _table_cell(later, pods, "kwok") == "-" and _table_cell(later, pods, "shardlet S=1") == "263"
     assert "| stage writes held behind lease renewals, nodes phase |" in later
-    delete = next(line for line in later.splitlines() if line.startswith("| … and in the delete"))
-    assert [c.strip() for c in delete.split("|")[1:-1]][1 + sims.index("shardlet S=1")] == "0"   # none held
+    assert _table_cell(later, "| … and in the delete", "shardlet S=1") == "0"   # none held
     assert "behind lease renewals" not in head  # the full run predates the count
