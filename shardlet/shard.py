@@ -110,6 +110,11 @@ def _node_cidrs(node: dict[str, Any]) -> list[str]:
     return [c for c in cidrs if isinstance(c, str)]
 
 
+def _is_ready(node: dict[str, Any]) -> bool:
+    conds = (node.get("status") or {}).get("conditions") or []
+    return any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
 class Shard:
     def __init__(self, kube: Kube, config: ShardConfig, *, owned: Callable[[str], bool] | None = None,
                  buckets: frozenset[int] | None = None) -> None:
@@ -220,6 +225,8 @@ class Shard:
             if prev is not None and prev.managed:
                 self._release_node(name)
             return
+        if self.cfg.lease_duration > 0:
+            self.leases.set_ready(name, _is_ready(node))
         if prev is None or not prev.managed:
             self._adopt_node(name)
         self._plan("Node", node)
@@ -619,6 +626,7 @@ class Shard:
             "lease_renewals": self.leases.renewals,
             "lease_failures": self.leases.failures,
             "stage_writes_behind_leases": self.leases_first.deferred,
+            "lease_renewals_skipped_not_ready": self.leases.skipped,
             "lease_lag_p50": _hist_quantile(h, 0.5),
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.queue),
