@@ -281,7 +281,7 @@ class Runner:
             self.log(f"warning: load average {load[0]:.1f} on {ncpu} CPUs before starting: the numbers will be noisy"
                      + (f" (busiest now: {busiest})" if busiest else ""))
         bench = Bench(sizes=self.sizes, bin_dir=bin_dir, log_dir=self.log_dir, log=self.log,
-                      concurrency=self.args.concurrency)
+                      concurrency=self.args.concurrency, code=self.data["meta"]["versions"]["shardlet_commit"])
         self.save()
         try:
             for sc in self.scenarios:
@@ -318,6 +318,8 @@ class Runner:
 
             shutil.rmtree(RAY_TMPDIR, ignore_errors=True)   # the private Ray's session logs
             self.data["meta"]["problems"] = bench.problems
+            if bench.code_changed:
+                self.data["meta"]["code_changed"] = bench.code_changed
             self.save(final=True)
             self.log(f"results: {self.json_path}")
 

@@ -97,15 +97,24 @@ def _num(v: float | None) -> str:
     return f"{v:.3f}"
 
 
+# metrics that count events: whole numbers, with separators (a median of two may end in .5)
+_COUNT_SUFFIXES = ("_writes_behind_leases", "_transitions")
+
+
+def _whole(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() else _num(v)
+
+
 def _cell(c: dict[str, Any] | None, metric: str) -> str:
     if not c:
         return "-"
     s = c.get(metric)
     if not s:
         return "err" if c.get("_errors") else "-"
+    fmt = _whole if metric.endswith(_COUNT_SUFFIXES) else _num
     if s["n"] > 1 and s["min"] != s["max"]:
-        return f"{_num(s['median'])} ({_num(s['min'])}-{_num(s['max'])})"
-    return _num(s["median"])
+        return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})"
+    return fmt(s["median"])
 
 
 def _med(c: dict[str, Any] | None, metric: str) -> float | None:
@@ -516,6 +525,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
           "its numbers are not a benchmark result. The full run (`./dev bench`) replaces it.\n")
     if not meta.get("finished"):
         w("> **Incomplete run**: it was interrupted; what it measured is below.\n")
+    out.extend(_provenance(meta))
     hw, ver = meta.get("hardware", {}), meta.get("versions", {})
     w(f"Started {meta.get('started')}, took {meta.get('duration_s', 0) / 60:.0f} min; scenarios "
       f"{', '.join(meta.get('scenarios', []))}; repeat {meta.get('repeat')} (median, and min-max when repeated); "
@@ -602,6 +612,7 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
         w(f"Started {later['meta'].get('started', '')}; command `python -m bench {' '.join(later['meta'].get('argv') or [])}`; "
           f"repeat {later['meta'].get('repeat', 1)}; shardlet commit "
           f"{str((later['meta'].get('versions') or {}).get('shardlet_commit', '?'))[:7]}; {_same_machine(meta, later['meta'])}.\n")
+        out.extend(_provenance(later["meta"]))
         lsims = list(later["meta"].get("sims", []))
         if "ready" in lsum:
             _ready(out, "### 1. Time to Ready, Running, deleted (partial run)\n", lsum, lsims)
@@ -639,6 +650,22 @@ def readme(path: Path, data: dict[str, Any], results_dir: Path, base: Path) -> s
     return "\n".join(out)
 
 
+def _provenance(meta: dict[str, Any]) -> list[str]:
+    """Where a run's simulators did not all run the code it started with: the shardlet starts the
+    bench recorded from a changed working tree, and notes written into the results file after
+    the run (each says so)."""
+    out = []
+    changed = meta.get("code_changed") or []
+    if changed:
+        began = (meta.get("versions") or {}).get("shardlet_commit")
+        out.append(f"> **Code changed during the run**: it began at shardlet `{began}`, but "
+                   + "; ".join(f"{c['env']} ({label(c['sim'])}, {c['at']}) started `{c['code']}`" for c in changed)
+                   + ". What those clusters measured ran the changed code.\n")
+    for note in meta.get("notes") or []:
+        out.append(f"> **Note added after the run**: {note}\n")
+    return out
+
+
 def _size_n(size: str) -> int:
     return int(_size_val(size, "nodes") or 0)
 
@@ -673,12 +700,14 @@ def _ready_settle(step: dict[str, Any]) -> str:
 def _ramp(step: dict[str, Any]) -> str:
     """NotReady transitions while a step added nodes, split when the run recorded which nodes."""
     n = _count(step.get("ramp_transitions"))
+    skipped = step.get("lease_renewals_skipped_not_ready")
+    tail = f"; {_count(skipped)} renewals of not-Ready nodes put off" if skipped else ""
     if "ramp_transitions_added_nodes" not in step:
-        return n
+        return n + tail
     after = step.get("ramp_notready_after_ready_s") or {}
     return (f"{n}: {_count(step['ramp_transitions_added_nodes'])} added, "
             f"{_count(step['ramp_transitions_earlier_nodes'])} earlier"
-            + (f"; added ones {_num(after.get('p50'))} s (median) after their first Ready" if after else ""))
+            + (f"; added ones {_num(after.get('p50'))} s (median) after their first Ready" if after else "") + tail)
 
 
 def _growth(sizes: dict[str, Any]) -> str:
@@ -821,15 +850,17 @@ def _ramp_note(records: list[dict[str, Any]], sim: str, nodes: float | None) -> 
 
 
 def _later_limit(runs: list[tuple[Path, dict[str, Any], dict[str, Any]]], before: Path) -> str:
-    """S=1's capacity from a run newer than `before` that found where it breaks (kwok not in it,
-    so no ratio): beside a kwok row whose S=1 only reached hold_max."""
+    """S=1's capacity from the newest run after `before` that searched it (kwok not in it, so no
+    ratio): beside a kwok row whose S=1 only reached hold_max. The newest, whether it found where S=1
+    breaks or held up to its own hold_max, since an older break may have been a slower day."""
     for f, _meta, s in runs:
         if f == before:
             return ""
         r = next((r for r in s["records"] if r["scenario"] == "lease-hold" and r["sim"] == "s1"), None)
-        if r and r["m"].get("first_failure_nodes"):
-            return (f"; S=1 alone in `{f.stem}`: {_num(r['m']['capacity_nodes'])} held, "
-                    f"{_num(r['m']['first_failure_nodes'])} failed (no kwok in that run, so no ratio)")
+        if r and r["m"].get("capacity_nodes"):
+            bad = r["m"].get("first_failure_nodes")
+            return (f"; S=1 alone in `{f.stem}`: {_num(r['m']['capacity_nodes'])} held"
+                    + (f", {_num(bad)} failed" if bad else " (≥, its hold_max)") + " (no kwok in that run, so no ratio)")
     return ""
 
 
@@ -891,6 +922,19 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
             continue
         kc = _med(per["kwok"], "capacity_nodes") if "kwok" in per else None
         kseen = _capacity_step(s["records"], "kwok", kc).get("lease_puts_per_s") if kc else None
+        # the same limit in nodes: what the writer's rate renews at the kubelet's cadence. A simulator
+        # that stretches renewals under load (both do) can hold more than that, so this reading is the
+        # lenient one and the PUT-rate share below the strict one; both are shown
+        needed = _med(per["s1"], "capacity_lease_puts_per_s")
+        if needed:
+            at_cadence = best[2] * sc / needed
+            rows.append(("2. nodes held ≥ 80% of what the raw writer renews (S=1)",
+                         f"nodes held, as a share of the nodes the best raw writer on this hardware and kernel "
+                         f"renews at the kubelet's cadence (one PUT every {sc / needed:g} s: {_num(at_cadence)} nodes)",
+                         f"{_num(kc)} ({100 * kc / at_cadence:.0f}%)" if kc else "-",
+                         _num(sc) + (" (≥)" if _capped(s["records"], "s1") else ""),
+                         f"{100 * sc / at_cadence:.0f}%", _verdict(sc / at_cadence >= 0.8)
+                         + "; the lenient reading: renewals stretched under load count", _src(f, meta)))
         rows.append(("2. ≥ 80% of the raw writer (S=1)", f"lease PUT/s served at capacity ({_num(sc)} nodes"
                      f"{', ≥' if _capped(s['records'], 's1') else ''}), as a share of the best raw writer on this "
                      f"hardware and kernel ({_num(best[2])} PUT/s, {_src(best[0], best[1])})", _num(kseen),
@@ -1224,7 +1268,9 @@ processes.
    for `writer_duration` (30 s) at each level of requests in flight (`16,64,256,2x64`; `2x64` = two writer
    processes; `64pb` = 64 in flight in protobuf, the kubelet's encoding, instead of JSON). A simulator
    holding N nodes needs N/10 lease PUTs/s at the kubelet's cadence; the rate the apiserver served a
-   simulator at its lease-hold capacity is stated as a share of the best rate here.
+   simulator at its lease-hold capacity is stated as a share of the best rate here (strict: the rate the
+   simulator got), and its capacity as a share of the nodes that rate renews at that cadence (lenient: a
+   simulator that stretches renewals under load, as both do, may hold more nodes than that).
 6. **profile** — the first shardlet of `--sims` (S = 1 in a full run; `--sims s4` profiles S = 4, its
    shards as py-spy `--subprocesses`) under py-spy (100 Hz, `--nonblocking`) through `profile_nodes` (5,000)
    nodes becoming Ready, `profile_idle` (60 s) of idle leases, and `profile_pods` (10,000) pods created,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import procs, sysinfo
 from bench.sims import Simulator, label
 from bench.workload import (
     NODE_PREFIX,
@@ -62,10 +63,20 @@ class Bench:
     concurrency: int = 64
     _n: int = 0
     problems: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    code: str = ""                          # sysinfo.code_state() when the run started
+    code_changed: list[dict[str, Any]] = field(default_factory=list)
 
     def new_name(self) -> str:
         self._n += 1
         return f"bench-{os.getpid() % 100000}-{self._n}"
+
+    def check_code(self, env: str, sim: str) -> None:
+        """Record a shardlet about to start from a working tree other than the run's first."""
+        now = sysinfo.code_state()
+        if now != self.code:
+            self.code_changed.append({"env": env, "sim": sim, "code": now,
+                                      "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+            self.log(f"  warning: {env} starts shardlet from changed code {now} (the run began at {self.code})")
 
 
 def cpu_summary(groups: dict[str, float]) -> dict[str, float]:
@@ -137,6 +148,8 @@ class Env:
 
     async def start_sim(self, do_probe: bool = True) -> None:
         assert self.sim_key is not None
+        if self.sim_key != "kwok" and self.bench.code:
+            self.bench.check_code(self.name, self.sim_key)
         self.sim = Simulator(self.sim_key, str(self.cluster.kubeconfig), self.name, self.bench.bin_dir,
                              self.bench.log_dir)
         self.sim.start()
@@ -233,15 +246,20 @@ def _strip(ph: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- 1. time to Ready / Running / deleted ----------------------------------------------------
-async def behind_leases(env: Env) -> int | None:
-    """Stage writes so far that waited behind lease renewals (shardlet.precedence), all shards;
-    None for kwok or when the status is not there."""
+async def shard_count(env: Env, key: str) -> int | None:
+    """A counter of shardlet's status summed over its shards; None for kwok or when the status is
+    not there."""
     if env.sim is None or env.sim.kind != "shardlet":
         return None
     st = await asyncio.to_thread(env.sim.status)
     if not st:
         return None
-    return sum(int(s.get("stage_writes_behind_leases") or 0) for s in st.get("shards", []))
+    return sum(int(s.get(key) or 0) for s in st.get("shards", []))
+
+
+async def behind_leases(env: Env) -> int | None:
+    """Stage writes so far that waited behind lease renewals (shardlet.precedence), all shards."""
+    return await shard_count(env, "stage_writes_behind_leases")
 
 
 def _gated(m: dict[str, Any], phase: str, before: int | None, after: int | None) -> int | None:
@@ -370,6 +388,14 @@ async def scenario_ready(bench: Bench, sim: str, rep: int) -> list[dict[str, Any
 
 
 # -- 2. lease-hold capacity ------------------------------------------------------------------
+async def _skipped_so_far(env: Env, step: dict[str, Any]) -> None:
+    """Lease renewals of not-Ready nodes shardlet put off while it ran behind (shardlet.lease),
+    counted from the simulator's start, after the ramp."""
+    n = await shard_count(env, "lease_renewals_skipped_not_ready")
+    if n is not None:
+        step["lease_renewals_skipped_not_ready"] = n
+
+
 async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) -> dict[str, Any]:
     hold = float(bench.sizes["hold"])
     step: dict[str, Any] = {"nodes": n, "ok": False}
@@ -384,8 +410,10 @@ async def hold_step(bench: Bench, env: Env, nw: NodeWatch, have: int, n: int) ->
     except (TimeoutError, RuntimeError) as e:
         # a size that never got all Ready often knocked earlier nodes over: say which
         step.update(reason=f"not all Ready: {e}", ready_n=len(nw.ready), **ramp_breakdown(nw, base, have))
+        await _skipped_so_far(env, step)
         return step
     step["ready_s"] = round(t_ready - t0, 1)
+    await _skipped_so_far(env, step)
     # kube-controller-manager taints every new node not-ready and untaints it once Ready (a GET and
     # two PATCHes of the Node each); measured in run 2026-11-28T1353 it was still working off that
     # backlog of the ramp during the hold (45 node PATCHes/s at 24k). The hold measures leases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -11,6 +12,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(cmd: list[str]) -> str:
@@ -68,8 +71,7 @@ def _first_version(text: str) -> str:
     return m.group(0) if m else text[:60]
 
 
-def versions(bin_dir: Path) -> dict[str, Any]:
-    repo = Path(__file__).resolve().parent.parent
+def versions(bin_dir: Path, repo: Path = REPO) -> dict[str, Any]:
     out: dict[str, Any] = {
         "python": sys.version.split()[0],
         "kube-apiserver": _first_version(_run([str(bin_dir / "kube-apiserver"), "--version"])),
@@ -82,7 +84,16 @@ def versions(bin_dir: Path) -> dict[str, Any]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    commit = _run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"])
-    dirty = _run(["git", "-C", str(repo), "status", "--porcelain", "--", "shardlet", "coordinator"])
-    out["shardlet_commit"] = commit + ("+dirty" if dirty else "")
+    out["shardlet_commit"] = code_state(repo)
     return out
+
+
+def code_state(repo: Path = REPO) -> str:
+    """The commit of shardlet's and the coordinator's sources, with a hash of what is uncommitted in
+    them: the code a simulator started now runs (each measurement starts shardlet afresh from the
+    working tree, so a tree edited during a run changes what later steps measure)."""
+    commit = _run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"])
+    paths = ["--", "shardlet", "coordinator"]
+    dirty = (_run(["git", "-C", str(repo), "status", "--porcelain", *paths])
+             + _run(["git", "-C", str(repo), "diff", "HEAD", *paths]))
+    return commit + (f"+dirty.{hashlib.sha1(dirty.encode()).hexdigest()[:8]}" if dirty else "")

@@ -443,3 +443,59 @@ def test_the_ready_table_shows_writes_held_behind_leases_only_where_measured(tmp
     assert "| stage writes held behind lease renewals, nodes phase |" in later
     assert _table_cell(later, "| … and in the delete", "shardlet S=1") == "0"   # none held
     assert "behind lease renewals" not in head  # the full run predates the count
+
+
+def test_counts_print_as_whole_numbers_and_other_medians_keep_their_digits() -> None:
+    spread = {"median": 0.0, "min": 0.0, "max": 32.0, "n": 3}
+    assert report._cell({"delete_writes_behind_leases": spread}, "delete_writes_behind_leases") == "0 (0-32)"
+    assert report._cell({"idle_transitions": {**spread, "max": 1200.0}}, "idle_transitions") == "0 (0-1,200)"
+    half = {"median": 16.5, "min": 1.0, "max": 32.0, "n": 2}   # the median of an even count of repeats
+    assert report._cell({"pods_writes_behind_leases": half}, "pods_writes_behind_leases") == "16.5 (1-32)"
+    assert report._cell({"nodes_ready_s": spread}, "nodes_ready_s") == "0 (0-32.0)"   # a time keeps its digit
+
+
+def test_the_capacity_is_also_stated_against_the_nodes_the_raw_writer_renews_at_the_kubelets_cadence(
+        tmp_path: Path) -> None:
+    """The lenient reading of the physical-limit target: nodes held against the nodes the best raw
+    writer's rate renews once every cadence; the strict PUT-rate share stays beside it."""
+    shutil.copy(FULL, tmp_path / FULL.name)
+    data = json.loads(FULL.read_text())
+    cap = {r["sim"]: r["m"] for r in data["records"] if r["scenario"] == "lease-hold"}
+    writer_max = report._writer_max(report.summarize(data["records"]))
+    assert writer_max
+    rows = report.target_rows(tmp_path)
+    nodes = _row(rows, "2. nodes held")
+    cadence = cap["s1"]["capacity_nodes"] / cap["s1"]["capacity_lease_puts_per_s"]
+    at_cadence = writer_max * cadence
+    assert f"one PUT every {cadence:g} s: {report._num(at_cadence)} nodes" in nodes[1]
+    assert nodes[3].startswith(report._num(cap["s1"]["capacity_nodes"]))
+    assert nodes[4] == f"{100 * cap['s1']['capacity_nodes'] / at_cadence:.0f}%"
+    assert nodes[2] == f"{report._num(cap['kwok']['capacity_nodes'])} " \
+                       f"({100 * cap['kwok']['capacity_nodes'] / at_cadence:.0f}%)"
+    assert nodes[5].startswith("**met**" if cap["s1"]["capacity_nodes"] >= 0.8 * at_cadence else "not met")
+    assert _row(rows, "2. ≥ 80% of the raw writer (S=1)")   # the strict share is still there
+
+
+def test_the_newest_later_search_sits_beside_a_capped_ratio_even_when_it_found_no_break(tmp_path: Path) -> None:
+    """An older S=1-alone run that broke must not stand for S=1's limit when a newer one held more."""
+    capped, alone = FULL.parent / "2026-11-29T0245-vm.json", FULL.parent / "2026-11-29T0559-vm.json"
+    shutil.copy(capped, tmp_path)
+    shutil.copy(alone, tmp_path)
+    data = json.loads(alone.read_text())
+    for r in data["records"]:
+        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
+            r["m"].update(capacity_nodes=40000, first_failure_nodes=None, capped=True)
+    newer = tmp_path / "2026-11-29T2359-vm.json"
+    newer.write_text(json.dumps(data))
+    hold = _row(report.target_rows(tmp_path), "2. lease-hold ≥ 3x kwok")
+    assert f"S=1 alone in `{newer.stem}`: 40,000 held (≥, its hold_max)" in hold[5]
+    assert alone.stem not in hold[5]
+
+
+def test_a_ramp_says_how_many_renewals_of_not_ready_nodes_were_put_off_when_recorded() -> None:
+    step = {"ramp_transitions": 0, "ramp_transitions_added_nodes": 0, "ramp_transitions_earlier_nodes": 0}
+    assert "put off" not in report._ramp(step)
+    assert report._ramp({**step, "lease_renewals_skipped_not_ready": 12345}).endswith(
+        "; 12,345 renewals of not-Ready nodes put off")
+    assert report._ramp({"ramp_transitions": 3, "lease_renewals_skipped_not_ready": 7}) == \
+        "3; 7 renewals of not-Ready nodes put off"
