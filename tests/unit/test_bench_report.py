@@ -499,3 +499,34 @@ def test_a_ramp_says_how_many_renewals_of_not_ready_nodes_were_put_off_when_reco
         "; 12,345 renewals of not-Ready nodes put off")
     assert report._ramp({"ramp_transitions": 3, "lease_renewals_skipped_not_ready": 7}) == \
         "3; 7 renewals of not-Ready nodes put off"
+
+
+def test_a_held_cluster_writer_that_let_leases_lapse_is_not_taken_as_the_limit(tmp_path: Path) -> None:
+    """In 2026-11-29T1936 the writer at the capacity (27,000) ran while leases lapsed (shardlet's
+    stop took longer than the leases had left): the row falls back to the largest clean size."""
+    run = FULL.parent / "2026-11-29T1936-vm.json"
+    data = json.loads(run.read_text())
+    steps = {s["nodes"]: s for r in data["records"] if r["scenario"] == "lease-hold" for s in r["x"]["steps"]}
+    assert steps[27000]["ok"] and steps[27000]["writer_in_state"]["transitions"] > 0
+    assert steps[24000]["writer_in_state"]["transitions"] == 0
+    shutil.copy(run, tmp_path)
+    row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
+    clean = steps[24000]
+    assert "largest size whose writer ran clean (24,000 nodes)" in row[1]
+    assert f"the writer let {steps[27000]['writer_in_state']['transitions']:,} leases lapse" in row[1]
+    assert row[4] == f"{100 * clean['lease_puts_per_s'] / clean['writer_in_state']['best_writes_per_s']:.0f}%"
+    assert "see its note" in row[6]   # the run's bisect ran code changed during the run
+    steps[27000]["writer_in_state"]["transitions"] = 0
+    (tmp_path / run.name).write_text(json.dumps(data))
+    row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
+    assert "at capacity (27,000 nodes)" in row[1] and "lapse" not in row[1]
+
+
+def test_the_held_cluster_line_takes_no_share_from_a_writer_that_let_leases_lapse() -> None:
+    at = {"nodes": 27000, "lease_puts_per_s": 726.5, "writer_in_state": {
+        "nodes": 27000, "best_writes_per_s": 464.2, "transitions": 1567,
+        "levels": {"64": {"writes_per_s": 464.2, "writer_cpu_pct": 9.3, "cpu_pct": {"kube-apiserver": 124.6}}}}}
+    line = report._in_state_line("s1", at)
+    assert "1,567 NotReady transitions meanwhile" in line and "no share is taken from it" in line and "%**" not in line
+    at["writer_in_state"]["transitions"] = 0
+    assert "726 PUT/s while holding is **157%** of it" in report._in_state_line("s1", at)
