@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from shardlet.api import ApiError, Kube, path_for
+from shardlet.conditions import node_ready
 from shardlet.lease import micro_time
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, SCALE_LABEL, node_manifest, pod_spec
 from shardlet.watch import Reflector
@@ -33,11 +34,6 @@ def node_name(i: int) -> str:
 
 def pod_name(i: int) -> str:
     return f"pod-{i:06d}"
-
-
-def is_ready(node: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (node.get("status") or {}).get("conditions") or [])
 
 
 def is_running(pod: dict[str, Any]) -> bool:
@@ -137,7 +133,7 @@ class NodeWatch:
             self.tainted.add(name)
         else:
             self.tainted.discard(name)
-        if is_ready(node):
+        if node_ready(node):
             self.ready.add(name)
             self.first_ready.setdefault(name, now)
         elif name in self.ready:
@@ -255,7 +251,7 @@ async def probe(kube: Kube, timeout: float, alive: Callable[[], bool]) -> float:
     try:
         while True:
             node = await kube.get(path_for("Node", name))
-            if is_ready(node):
+            if node_ready(node):
                 return round(time.monotonic() - t0, 3)
             if not alive():
                 raise RuntimeError("simulator exited before serving the probe node")

@@ -23,6 +23,7 @@ import yaml
 
 from shardlet import aio
 from shardlet.api import ApiError, Kube, path_for
+from shardlet.conditions import node_ready
 from shardlet.errors import UserError
 from shardlet.watch import Reflector
 
@@ -197,11 +198,6 @@ async def _bounded(n: int, items: list[Any], fn: Callable[[Any], Any], on_done: 
     return errors
 
 
-def _ready(node: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (node.get("status") or {}).get("conditions") or [])
-
-
 def _running(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") == "Running" and not (pod.get("metadata") or {}).get("deletionTimestamp")
 
@@ -220,7 +216,7 @@ async def scale_nodes(kube: Kube, replicas: int, *, prefix: str = "node", params
 
     def on_node(typ: str, node: dict[str, Any]) -> None:
         name = node["metadata"]["name"]
-        if typ != "DELETED" and _ready(node) and name in want:
+        if typ != "DELETED" and node_ready(node) and name in want:
             ready.add(name)
         else:
             ready.discard(name)

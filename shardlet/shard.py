@@ -25,6 +25,7 @@ import structlog
 from coordinator.ring import bucket as bucket_of
 from shardlet import heap
 from shardlet.api import ApiError, Kube, path_for
+from shardlet.conditions import node_ready
 from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
@@ -108,11 +109,6 @@ def _node_cidrs(node: dict[str, Any]) -> list[str]:
     spec = node.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     return [c for c in cidrs if isinstance(c, str)]
-
-
-def _is_ready(node: dict[str, Any]) -> bool:
-    conds = (node.get("status") or {}).get("conditions") or []
-    return any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
 class Shard:
@@ -226,7 +222,7 @@ class Shard:
                 self._release_node(name)
             return
         if self.cfg.lease_duration > 0:
-            self.leases.set_ready(name, _is_ready(node))
+            self.leases.set_ready(name, node_ready(node))
         if prev is None or not prev.managed:
             self._adopt_node(name)
         self._plan("Node", node)
