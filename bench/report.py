@@ -102,7 +102,7 @@ _COUNT_SUFFIXES = ("_writes_behind_leases", "_transitions")
 
 
 def _whole(v: float) -> str:
-    return f"{v:,.0f}" if float(v).is_integer() else _num(v)
+    return _count(v) if float(v).is_integer() else _num(v)
 
 
 def _cell(c: dict[str, Any] | None, metric: str) -> str:
@@ -801,8 +801,9 @@ def _runs(results_dir: Path) -> list[tuple[Path, dict[str, Any], dict[str, Any]]
 
 def _src(f: Path, meta: dict[str, Any]) -> str:
     commit = str((meta.get("versions") or {}).get("shardlet_commit") or "?")[:7]
-    changed = "; code changed during the run, see its note" if meta.get("code_changed") or meta.get("notes") else ""
-    return f"`{f.stem}` ({commit}{changed})"
+    said = (["code changed during the run"] if meta.get("code_changed") else []) + (
+        ["see its note"] if meta.get("notes") else [])
+    return f"`{f.stem}` ({'; '.join([commit, *said])})"
 
 
 def _same_machine(meta: dict[str, Any], later: dict[str, Any]) -> str:

@@ -148,10 +148,10 @@ class Env:
 
     async def start_sim(self, do_probe: bool = True) -> None:
         assert self.sim_key is not None
-        if self.sim_key != "kwok" and self.bench.code:
-            self.bench.check_code(self.name, self.sim_key)
         self.sim = Simulator(self.sim_key, str(self.cluster.kubeconfig), self.name, self.bench.bin_dir,
                              self.bench.log_dir)
+        if self.sim.kind == "shardlet" and self.bench.code:
+            self.bench.check_code(self.name, self.sim_key)
         self.sim.start()
         self.meter.add("sim", self.sim.pid, self.sim.classify)
         if do_probe:

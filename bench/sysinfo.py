@@ -71,7 +71,7 @@ def _first_version(text: str) -> str:
     return m.group(0) if m else text[:60]
 
 
-def versions(bin_dir: Path, repo: Path = REPO) -> dict[str, Any]:
+def versions(bin_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "python": sys.version.split()[0],
         "kube-apiserver": _first_version(_run([str(bin_dir / "kube-apiserver"), "--version"])),
@@ -84,7 +84,7 @@ def versions(bin_dir: Path, repo: Path = REPO) -> dict[str, Any]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    out["shardlet_commit"] = code_state(repo)
+    out["shardlet_commit"] = code_state()
     return out
 
 
