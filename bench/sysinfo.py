@@ -96,4 +96,13 @@ def code_state(repo: Path = REPO) -> str:
     paths = ["--", "shardlet", "coordinator"]
     dirty = (_run(["git", "-C", str(repo), "status", "--porcelain", *paths])
              + _run(["git", "-C", str(repo), "diff", "HEAD", *paths]))
-    return commit + (f"+dirty.{hashlib.sha1(dirty.encode()).hexdigest()[:8]}" if dirty else "")
+    if not dirty:
+        return commit
+    h = hashlib.sha1(dirty.encode())
+    # a new module is in neither the diff nor the status but by name: its content counts too
+    for name in _run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard", *paths]).splitlines():
+        try:
+            h.update((repo / name).read_bytes())
+        except OSError:
+            pass
+    return f"{commit}+dirty.{h.hexdigest()[:8]}"

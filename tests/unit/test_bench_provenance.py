@@ -37,7 +37,10 @@ def test_the_code_state_is_the_commit_plus_a_hash_of_each_different_uncommitted_
     assert first.startswith(clean + "+dirty.") and second.startswith(clean + "+dirty.") and first != second
     (tmp_path / "shardlet" / "lease.py").write_text("A = 1\n")
     (tmp_path / "shardlet" / "new.py").write_text("B = 1\n")      # a new module counts too
-    assert sysinfo.code_state(tmp_path).startswith(clean + "+dirty.")
+    added = sysinfo.code_state(tmp_path)
+    assert added.startswith(clean + "+dirty.")
+    (tmp_path / "shardlet" / "new.py").write_text("B = 2\n")      # and so does its content
+    assert sysinfo.code_state(tmp_path) not in (added, clean)
 
 
 def test_a_shardlet_started_from_changed_code_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
