@@ -743,12 +743,16 @@ def _in_state_line(sim: str, at: dict[str, Any]) -> str:
                        for lv, m in ws.get("levels", {}).items())
     top = next(m for m in ws["levels"].values() if m.get("writes_per_s") == best)
     seen = at.get("lease_puts_per_s")
-    return (f"\nThe raw writer on that same cluster ({_num(ws.get('nodes'))} nodes' own leases, {label(sim)} stopped, "
+    # runs before the freeze handover stopped the simulator gracefully first
+    how = "frozen (SIGSTOP)" if "sim_freeze" in ws else "stopped"
+    why = ("the writer's start-up and its pass over the oldest leases outlasted what they had left"
+           if "sim_freeze" in ws else "the simulator's stop outlasted what the oldest leases had left")
+    return (f"\nThe raw writer on that same cluster ({_num(ws.get('nodes'))} nodes' own leases, {label(sim)} {how}, "
             f"controller-manager watching): {levels} writes/s; {_count(ws.get('transitions', 0))} NotReady transitions "
             f"meanwhile. At its best, CPU % by process: "
             + ", ".join(f"{g} {v:.0f}" for g, v in sorted({**(top.get("cpu_pct") or {}), "writer": top.get("writer_cpu_pct", 0)
                                                            }.items(), key=lambda kv: -kv[1]) if v >= 0.5)
-            + (". Leases lapsed while it ran (the simulator's stop outlasted what the oldest leases had left), "
+            + (f". Leases lapsed while it ran ({why}), "
                "so it measured a cluster churning NotReady, not the limit: no share is taken from it."
                if ws.get("transitions") else
                f". {label(sim)}'s {_num(seen)} PUT/s while holding is **{100 * seen / best:.0f}%** of it." if seen else "."))
@@ -981,7 +985,8 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         # hold_max gives the share at that size, not at the limit
         rows.append(("2. ≥ 80% of the raw writer on the held cluster (S=1)",
                      f"lease PUT/s served at {where} ({_num(sc)} nodes{', ≥' if capped else ''}), as a share of the "
-                     f"raw writer renewing those nodes' leases right after, with shardlet stopped "
+                     f"raw writer renewing those nodes' leases right after, with shardlet "
+                     f"{'frozen' if 'sim_freeze' in at['writer_in_state'] else 'stopped'} "
                      f"({_num(best_in)} PUT/s){lapsed}", kcell,
                      _num(seen) + _ramp_note(s["records"], "s1", sc), f"{100 * seen / best_in:.0f}%",
                      _share_verdict(seen / best_in, 0.8)
@@ -1267,9 +1272,11 @@ processes.
    from its `/status`, and simulator CPU per 1k nodes per minute. Before each hold window the benchmark
    waits until kube-controller-manager has removed the not-ready taints of the new nodes (as in steady).
    With `hold_writer` levels (e.g. `--sizes hold_writer=64,2x64`), every size that held is followed by the
-   raw writer on that same cluster: the simulator is stopped and `bench/writer.py` renews the N nodes' own
-   leases (oldest first, so they stay Ready) for `writer_duration` at each level, with the controller-manager
-   still watching; the next size then starts on a fresh cluster. That is the physical limit in the state
+   raw writer on that same cluster: the simulator's process tree is frozen (SIGSTOP: it stops writing at
+   once, where a graceful stop near capacity took 13.7 s and leases lapsed meanwhile; it is killed after)
+   and `bench/writer.py` renews the N nodes' own leases (oldest first, so they stay Ready) for
+   `writer_duration` at each level, with the controller-manager still watching; the next size then starts
+   on a fresh cluster. That is the physical limit in the state
    the simulator worked in (N Nodes and Leases in etcd and the watch cache, the controller monitoring them),
    where scenario 5 measures it on an empty cluster.
 3. **steady** — `steady_nodes` (5,000) Ready nodes, no lifecycle taint left, `settle` (30 s), then CPU-seconds over a `window`

@@ -71,6 +71,7 @@ class Simulator:
         self.started_at = 0.0
         self.root_key: procs.Key | None = None
         self.stopped: dict[str, Any] | None = None   # stop()'s result: a second stop() returns it
+        self.frozen: list[procs.Key] = []              # the tree freeze() stopped, killed by stop()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,14 +107,28 @@ class Simulator:
             return "shard"
         return "ray"
 
+    def freeze(self) -> dict[str, Any]:
+        """SIGSTOP the simulator's whole process tree: it stops writing at once, where a graceful
+        stop under load takes seconds (13.7 s at 27,000 nodes) in which leases near their grace
+        lapse. A frozen simulator costs nothing but its open connections; stop() then kills it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {"frozen": 0}
+        t0 = time.monotonic()
+        self.frozen = [s.key for s in procs.descendants(self.proc.pid)]
+        done = procs.kill_keys(self.frozen, signal.SIGSTOP)
+        return {"frozen": len(done), "freeze_s": round(time.monotonic() - t0, 3)}
+
     def stop(self, grace: float = 30.0) -> dict[str, Any]:
-        """SIGTERM the simulator, wait, then SIGKILL whatever of its tree is left (by pid + start time)."""
+        """SIGTERM the simulator, wait, then SIGKILL whatever of its tree is left (by pid + start time).
+        A frozen simulator is killed outright: woken, it would renew with stale resourceVersions."""
         if self.proc is None:
             return {}
         if self.stopped is not None:
             return self.stopped
         tree = [s.key for s in procs.descendants(self.proc.pid)]
         t0 = time.monotonic()
+        if self.frozen:
+            procs.kill_keys(tree + self.frozen)
         rc = self.proc.poll()
         if rc is None:
             try:

@@ -283,6 +283,36 @@ def test_the_writer_on_the_held_cluster_gives_its_own_line_and_target_row(tmp_pa
     assert row[2] == "-"    # kwok's held cluster had no writer run in this file
 
 
+def test_a_frozen_simulator_is_named_so_and_a_lapse_under_it_blamed_on_the_writer(tmp_path: Path) -> None:
+    """From the freeze handover on, the line and the row say the simulator was frozen, not stopped;
+    leases that lapse even so are put down to the writer's own start, not to a stop."""
+    run = FULL.parent / "2026-11-28T0328-vm.json"
+    shutil.copy(FULL, tmp_path / FULL.name)
+    data = json.loads(run.read_text())
+    for r in data["records"]:
+        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
+            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
+            step["writer_in_state"] = {
+                "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": 0, "not_ready_at_end": 0,
+                "sim_freeze": {"frozen": 1, "freeze_s": 0.002},
+                "levels": {"64": {"writes_per_s": 1000.0, "writer_cpu_pct": 20.0, "cpu_pct": {}}}}
+    (tmp_path / run.name).write_text(json.dumps(data))
+    report.render(tmp_path / run.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    assert "(24,000 nodes' own leases, shardlet S=1 frozen (SIGSTOP), controller-manager watching)" in later
+    row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
+    assert "with shardlet frozen (1,000 PUT/s)" in row[1]
+    for r in data["records"]:
+        for st in r.get("x", {}).get("steps", []):
+            if "writer_in_state" in st:
+                st["writer_in_state"]["transitions"] = 12
+    (tmp_path / run.name).write_text(json.dumps(data))
+    report.render(tmp_path / run.name, tmp_path / "README.md")
+    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    assert ("Leases lapsed while it ran (the writer's start-up and its pass over the oldest leases outlasted "
+            "what they had left), so it measured a cluster churning NotReady") in later
+
+
 def test_a_narrow_pass_says_by_how_much_and_kwok_gets_its_own_share(tmp_path: Path) -> None:
     assert report._share_verdict(0.81, 0.8) == "**met** (by 1 point)"
     assert report._share_verdict(0.83, 0.8) == "**met** (by 3 points)"
