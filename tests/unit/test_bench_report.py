@@ -302,6 +302,11 @@ def test_a_frozen_simulator_is_named_so_and_a_lapse_under_it_blamed_on_the_write
     assert "(24,000 nodes' own leases, shardlet S=1 frozen (SIGSTOP), controller-manager watching)" in later
     row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
     assert "with shardlet frozen (1,000 PUT/s)" in row[1]
+    # the strict row states what the writer itself got on that held cluster, against the same best
+    strict = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer (S=1)")
+    best = float(strict[1].split("hardware and kernel (")[1].split(" PUT/s")[0].replace(",", ""))
+    assert strict[5].endswith(f"; on the cluster S=1 held, with it frozen, the raw writer itself got 1,000 PUT/s "
+                              f"({100 * 1000 / best:.0f}% of that best)"), strict[5]
     for r in data["records"]:
         for st in r.get("x", {}).get("steps", []):
             if "writer_in_state" in st:
@@ -311,6 +316,8 @@ def test_a_frozen_simulator_is_named_so_and_a_lapse_under_it_blamed_on_the_write
     later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
     assert ("Leases lapsed while it ran (the writer's start-up and its pass over the oldest leases outlasted "
             "what they had left), so it measured a cluster churning NotReady") in later
+    # a writer that let leases lapse measured churn: the strict row takes nothing from it
+    assert "the raw writer itself" not in _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer (S=1)")[5]
 
 
 def test_a_narrow_pass_says_by_how_much_and_kwok_gets_its_own_share(tmp_path: Path) -> None:
