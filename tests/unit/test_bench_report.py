@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import report
 
@@ -234,18 +236,25 @@ def test_the_writer_share_comes_from_a_later_run_without_kwok_but_the_kwok_ratio
     assert both.stem in _row(rows, "2. lease-hold")[6]
 
 
-def test_the_capacity_step_says_where_cpu_and_requests_went_when_recorded(tmp_path: Path) -> None:
+def _edit_capacity_step(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> str:
+    """0328 (S=1 capped at 24,000) beside the full run, with S=1's capacity step edited by `edit`:
+    the README's part for 0328."""
     run = FULL.parent / "2026-11-28T0328-vm.json"
     shutil.copy(FULL, tmp_path / FULL.name)
     data = json.loads(run.read_text())
     for r in data["records"]:
         if r["scenario"] == "lease-hold" and r["sim"] == "s1":
-            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
-            step["cpu_pct"] = {"etcd": 19.0, "kube-apiserver": 127.4, "runner": 23.0}
-            step["requests_per_s"] = {"PUT leases": 826.6, "PATCH nodes/status": 40.2}
+            edit(next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"]))
     (tmp_path / run.name).write_text(json.dumps(data))
     report.render(tmp_path / run.name, tmp_path / "README.md")
-    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    return (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+
+
+def test_the_capacity_step_says_where_cpu_and_requests_went_when_recorded(tmp_path: Path) -> None:
+    def edit(step: dict[str, Any]) -> None:
+        step["cpu_pct"] = {"etcd": 19.0, "kube-apiserver": 127.4, "runner": 23.0}
+        step["requests_per_s"] = {"PUT leases": 826.6, "PATCH nodes/status": 40.2}
+    later = _edit_capacity_step(tmp_path, edit)
     assert ("While shardlet S=1 held 24,000 nodes — CPU % by process: kube-apiserver 127, runner 23, etcd 19; "
             "apiserver requests/s: PUT leases 827, PATCH nodes/status 40.2.") in later
     assert "While kwok held" not in later   # not recorded for it in this run
@@ -254,23 +263,19 @@ def test_the_capacity_step_says_where_cpu_and_requests_went_when_recorded(tmp_pa
 def test_the_writer_on_the_held_cluster_gives_its_own_line_and_target_row(tmp_path: Path) -> None:
     """--sizes hold_writer: the capacity step carries the raw writer's rates on that same cluster;
     the README states them and shardlet's share of the best, and the targets table gets a row."""
-    run = FULL.parent / "2026-11-28T0328-vm.json"
-    shutil.copy(FULL, tmp_path / FULL.name)
-    data = json.loads(run.read_text())
     seen = 0.0
-    for r in data["records"]:
-        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
-            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
-            seen = step["lease_puts_per_s"]
-            step["writer_in_state"] = {
-                "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": 0, "not_ready_at_end": 0,
-                "levels": {"64": {"writes_per_s": 950.0, "cpu_pct": {"kube-apiserver": 150.0}, "writer_cpu_pct": 20.0},
-                           "2x64": {"writes_per_s": 1000.0, "writer_cpu_pct": 30.0,
-                                    "cpu_pct": {"kube-apiserver": 160.0, "runner": 0.1}},
-                           "256": {"error": "RuntimeError: writer 0/1 exited 1"}}}
-    (tmp_path / run.name).write_text(json.dumps(data))
-    report.render(tmp_path / run.name, tmp_path / "README.md")
-    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+
+    def edit(step: dict[str, Any]) -> None:
+        nonlocal seen
+        seen = step["lease_puts_per_s"]
+        step["writer_in_state"] = {
+            "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": 0, "not_ready_at_end": 0,
+            "levels": {"64": {"writes_per_s": 950.0, "cpu_pct": {"kube-apiserver": 150.0}, "writer_cpu_pct": 20.0},
+                       "2x64": {"writes_per_s": 1000.0, "writer_cpu_pct": 30.0,
+                                "cpu_pct": {"kube-apiserver": 160.0, "runner": 0.1}},
+                       "256": {"error": "RuntimeError: writer 0/1 exited 1"}}}
+    later = _edit_capacity_step(tmp_path, edit)
+    run = FULL.parent / "2026-11-28T0328-vm.json"
     assert ("The raw writer on that same cluster (24,000 nodes' own leases, shardlet S=1 stopped, controller-manager "
             "watching): 64 in flight 950, 2x64 in flight 1,000, 256 failed writes/s; 0 NotReady transitions meanwhile. "
             "At its best, CPU % by process: kube-apiserver 160, writer 30. "
@@ -286,19 +291,12 @@ def test_the_writer_on_the_held_cluster_gives_its_own_line_and_target_row(tmp_pa
 def test_a_frozen_simulator_is_named_so_and_a_lapse_under_it_blamed_on_the_writer(tmp_path: Path) -> None:
     """From the freeze handover on, the line and the row say the simulator was frozen, not stopped;
     leases that lapse even so are put down to the writer's own start, not to a stop."""
-    run = FULL.parent / "2026-11-28T0328-vm.json"
-    shutil.copy(FULL, tmp_path / FULL.name)
-    data = json.loads(run.read_text())
-    for r in data["records"]:
-        if r["scenario"] == "lease-hold" and r["sim"] == "s1":
-            step = next(s for s in r["x"]["steps"] if s["nodes"] == r["m"]["capacity_nodes"])
-            step["writer_in_state"] = {
-                "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": 0, "not_ready_at_end": 0,
-                "sim_freeze": {"frozen": 1, "freeze_s": 0.002},
-                "levels": {"64": {"writes_per_s": 1000.0, "writer_cpu_pct": 20.0, "cpu_pct": {}}}}
-    (tmp_path / run.name).write_text(json.dumps(data))
-    report.render(tmp_path / run.name, tmp_path / "README.md")
-    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    def edit(step: dict[str, Any], transitions: int = 0) -> None:
+        step["writer_in_state"] = {
+            "nodes": 24000, "best_writes_per_s": 1000.0, "transitions": transitions, "not_ready_at_end": 0,
+            "sim_freeze": {"frozen": 1, "freeze_s": 0.002},
+            "levels": {"64": {"writes_per_s": 1000.0, "writer_cpu_pct": 20.0, "cpu_pct": {}}}}
+    later = _edit_capacity_step(tmp_path, edit)
     assert "(24,000 nodes' own leases, shardlet S=1 frozen (SIGSTOP), controller-manager watching)" in later
     row = _row(report.target_rows(tmp_path), "2. ≥ 80% of the raw writer on the held cluster")
     assert "with shardlet frozen (1,000 PUT/s)" in row[1]
@@ -307,13 +305,7 @@ def test_a_frozen_simulator_is_named_so_and_a_lapse_under_it_blamed_on_the_write
     best = float(strict[1].split("hardware and kernel (")[1].split(" PUT/s")[0].replace(",", ""))
     assert strict[5].endswith(f"; on the cluster S=1 held, with it frozen, the raw writer itself got 1,000 PUT/s "
                               f"({100 * 1000 / best:.0f}% of that best)"), strict[5]
-    for r in data["records"]:
-        for st in r.get("x", {}).get("steps", []):
-            if "writer_in_state" in st:
-                st["writer_in_state"]["transitions"] = 12
-    (tmp_path / run.name).write_text(json.dumps(data))
-    report.render(tmp_path / run.name, tmp_path / "README.md")
-    later = (tmp_path / "README.md").read_text().partition("## Later partial run:")[2]
+    later = _edit_capacity_step(tmp_path, lambda step: edit(step, transitions=12))
     assert ("Leases lapsed while it ran (the writer's start-up and its pass over the oldest leases outlasted "
             "what they had left), so it measured a cluster churning NotReady") in later
     # a writer that let leases lapse measured churn: the strict row takes nothing from it
