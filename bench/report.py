@@ -861,15 +861,22 @@ def _ramp_note(records: list[dict[str, Any]], sim: str, nodes: float | None) -> 
 def _later_limit(runs: list[tuple[Path, dict[str, Any], dict[str, Any]]], before: Path) -> str:
     """S=1's capacity from the newest run after `before` that searched it (kwok not in it, so no
     ratio): beside a kwok row whose S=1 only reached hold_max. The newest, whether it found where S=1
-    breaks or held up to its own hold_max, since an older break may have been a slower day."""
+    breaks or held up to its own hold_max, since an older break may have been a slower day. A newer
+    run that only tried a larger size and failed it says where the held one's hold_max stands."""
+    failed: tuple[Path, float] | None = None   # the newest failed-only search
     for f, _meta, s in runs:
         if f == before:
             return ""
         r = next((r for r in s["records"] if r["scenario"] == "lease-hold" and r["sim"] == "s1"), None)
+        if r and not r["m"].get("capacity_nodes") and r["m"].get("first_failure_nodes") and failed is None:
+            failed = (f, r["m"]["first_failure_nodes"])
         if r and r["m"].get("capacity_nodes"):
-            bad = r["m"].get("first_failure_nodes")
-            return (f"; S=1 alone in `{f.stem}`: {_num(r['m']['capacity_nodes'])} held"
-                    + (f", {_num(bad)} failed" if bad else " (≥, its hold_max)") + " (no kwok in that run, so no ratio)")
+            cap, bad = r["m"]["capacity_nodes"], r["m"].get("first_failure_nodes")
+            later = (f", {_num(failed[1])} failed in `{failed[0].stem}`"
+                     if not bad and failed and failed[1] > cap else "")
+            return (f"; S=1 alone in `{f.stem}`: {_num(cap)} held"
+                    + (f", {_num(bad)} failed" if bad else " (≥, its hold_max)") + later
+                    + f" (no kwok in {'those runs' if later else 'that run'}, so no ratio)")
     return ""
 
 

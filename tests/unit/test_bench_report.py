@@ -519,6 +519,21 @@ def test_the_newest_later_search_sits_beside_a_capped_ratio_even_when_it_found_n
     hold = _row(report.target_rows(tmp_path), "2. lease-hold ≥ 3x kwok")
     assert f"S=1 alone in `{newer.stem}`: 40,000 held (≥, its hold_max)" in hold[5]
     assert alone.stem not in hold[5]
+    # a still newer run that only tried a larger size, and failed it, is named beside it; one that
+    # failed at a size the held run reached says nothing about its hold_max and is left out
+    failed = FULL.parent / "2026-11-29T2301-vm.json"          # S=1 alone, 30,000 only, failed
+    data = json.loads(failed.read_text())
+    for size, name in ((30000, "2026-11-30T0100-vm.json"), (50000, "2026-11-30T0200-vm.json")):
+        for r in data["records"]:
+            if r["scenario"] == "lease-hold" and r["sim"] == "s1":
+                r["m"]["first_failure_nodes"] = size
+        (tmp_path / name).write_text(json.dumps(data))
+        hold = _row(report.target_rows(tmp_path), "2. lease-hold ≥ 3x kwok")
+        if size < 40000:
+            assert hold[5].endswith("40,000 held (≥, its hold_max) (no kwok in that run, so no ratio)"), hold[5]
+        else:
+            assert hold[5].endswith("40,000 held (≥, its hold_max), 50,000 failed in `2026-11-30T0200-vm` "
+                                    "(no kwok in those runs, so no ratio)"), hold[5]
 
 
 def test_a_ramp_says_how_many_renewals_of_not_ready_nodes_were_put_off_when_recorded() -> None:
