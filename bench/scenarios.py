@@ -583,10 +583,11 @@ def _lag_p99(lags: list[float]) -> dict[str, float | None]:
 
 async def writer_in_state(bench: Bench, env: Env, nw: NodeWatch, n: int, levels: list[str]) -> dict[str, Any]:
     """The raw writer against the cluster a simulator just held: freeze the simulator (SIGSTOP, so
-    no lease waits out a graceful stop), then let the writer renew the n nodes' own leases (oldest first) at each level for `writer_duration`. Same
-    apiserver, etcd, Node and Lease objects, controller-manager watching; what the simulator adds
-    (its CPU, its node status PATCHes, its watches) is gone, so this is the limit a simulator's
-    lease rate at that size can be held against. The nodes should stay Ready throughout: the
+    no lease waits out a graceful stop), then let the writer renew the n nodes' own leases (oldest
+    first) at each level for `writer_duration`. Same apiserver, etcd, Node and Lease objects,
+    controller-manager watching; what the simulator adds (its CPU, its requests) is gone, its
+    connections and watches stay open but idle, so this is the limit a simulator's lease rate at
+    that size can be held against. The nodes should stay Ready throughout: the
     writer renews faster than the simulator did."""
     out: dict[str, Any] = {"nodes": n, "levels": {}}
     assert env.sim is not None
