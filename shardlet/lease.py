@@ -140,6 +140,9 @@ class LeaseRenewer:
                 self.queue.put(node, None, 0.0)
 
     def behind(self) -> bool:
+        """Renewals run behind: the oldest due one has waited a whole interval for a slot, which
+        leaves its lease half its duration old. Stage writes give way (shardlet.precedence) and
+        not-Ready nodes wait (Ready nodes first, see the module docstring) from here on."""
         return self.queue.backlog_age() >= self.urgent_after
 
     def remove(self, node: str) -> None:

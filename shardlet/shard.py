@@ -143,9 +143,9 @@ class Shard:
         self.lease_kube = kube.sibling(max_connections=config.lease_concurrency, user_agent="shardlet-lease")
         self.leases = LeaseRenewer(self.lease_kube, config.name, duration=config.lease_duration,
                                    concurrency=config.lease_concurrency, on_renew=self.metrics.renew)
-        # a renewal a whole interval late leaves a lease half its duration old: from there on
-        # stage writes give way (before that they go at full speed, and renewals stretch a little)
-        self.leases_first = LeasesFirst(self.leases.queue.backlog_age, threshold=self.leases.interval)
+        # stage writes give way while renewals run behind (before that they go at full speed,
+        # and renewals stretch a little)
+        self.leases_first = LeasesFirst(self.leases.behind)
         self.token = TokenKeeper(kube, config.name)
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None

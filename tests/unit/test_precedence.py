@@ -22,20 +22,20 @@ async def _peak_concurrency(gate: LeasesFirst, writes: int) -> int:
 
 
 async def test_writes_are_not_held_while_renewals_keep_up() -> None:
-    gate = LeasesFirst(lambda: 0.0, threshold=1.0, narrow=2)
+    gate = LeasesFirst(lambda: False, narrow=2)
     assert await _peak_concurrency(gate, 20) == 20
     assert gate.deferred == 0
 
 
 async def test_writes_take_the_narrow_gate_while_renewals_wait() -> None:
-    gate = LeasesFirst(lambda: 3.0, threshold=1.0, narrow=2)
+    gate = LeasesFirst(lambda: True, narrow=2)
     assert await _peak_concurrency(gate, 20) == 2     # every write still goes, two at a time
     assert gate.deferred == 20
 
 
 async def test_the_gate_opens_again_once_renewals_catch_up() -> None:
     lag = [5.0]
-    gate = LeasesFirst(lambda: lag[0], threshold=1.0, narrow=1)
+    gate = LeasesFirst(lambda: lag[0] >= 1.0, narrow=1)
     assert await _peak_concurrency(gate, 5) == 1
     lag[0] = 0.0
     assert await _peak_concurrency(gate, 5) == 5
