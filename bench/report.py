@@ -733,6 +733,19 @@ def _capacity_step(records: list[dict[str, Any]], sim: str, nodes: float | None)
     return steps[-1] if steps else {}
 
 
+def _handover(ws: dict[str, Any]) -> str:
+    """How the simulator gave way to the writer on its held cluster: frozen from the freeze
+    handover on (bench 44ae5ff), stopped gracefully before it."""
+    return "frozen" if "sim_freeze" in ws else "stopped"
+
+
+def _clean_writer(ws: dict[str, Any]) -> float | None:
+    """The best rate of a writer on a held cluster that let no lease lapse; None otherwise (one
+    that did measured a cluster churning NotReady, not the limit)."""
+    best = ws.get("best_writes_per_s")
+    return None if ws.get("transitions") else best
+
+
 def _in_state_line(sim: str, at: dict[str, Any]) -> str:
     """The raw writer run on the cluster `sim` just held (--sizes hold_writer), as one line."""
     ws = at.get("writer_in_state") or {}
@@ -743,18 +756,18 @@ def _in_state_line(sim: str, at: dict[str, Any]) -> str:
                        for lv, m in ws.get("levels", {}).items())
     top = next(m for m in ws["levels"].values() if m.get("writes_per_s") == best)
     seen = at.get("lease_puts_per_s")
-    # runs before the freeze handover stopped the simulator gracefully first
-    how = "frozen (SIGSTOP)" if "sim_freeze" in ws else "stopped"
+    frozen = _handover(ws) == "frozen"
     why = ("the writer's start-up and its pass over the oldest leases outlasted what they had left"
-           if "sim_freeze" in ws else "the simulator's stop outlasted what the oldest leases had left")
-    return (f"\nThe raw writer on that same cluster ({_num(ws.get('nodes'))} nodes' own leases, {label(sim)} {how}, "
+           if frozen else "the simulator's stop outlasted what the oldest leases had left")
+    return (f"\nThe raw writer on that same cluster ({_num(ws.get('nodes'))} nodes' own leases, {label(sim)} "
+            f"{'frozen (SIGSTOP)' if frozen else 'stopped'}, "
             f"controller-manager watching): {levels} writes/s; {_count(ws.get('transitions', 0))} NotReady transitions "
             f"meanwhile. At its best, CPU % by process: "
             + ", ".join(f"{g} {v:.0f}" for g, v in sorted({**(top.get("cpu_pct") or {}), "writer": top.get("writer_cpu_pct", 0)
                                                            }.items(), key=lambda kv: -kv[1]) if v >= 0.5)
             + (f". Leases lapsed while it ran ({why}), "
                "so it measured a cluster churning NotReady, not the limit: no share is taken from it."
-               if ws.get("transitions") else
+               if _clean_writer(ws) is None else
                f". {label(sim)}'s {_num(seen)} PUT/s while holding is **{100 * seen / best:.0f}%** of it." if seen else "."))
 
 
@@ -953,13 +966,13 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
                          + "; the lenient reading: renewals stretched under load count", _src(f, meta)))
         # what the cluster itself costs: the raw writer, on the cluster S=1 just held, against the same best
         ws = _capacity_step(s["records"], "s1", sc).get("writer_in_state") or {}
-        own = ws.get("best_writes_per_s") if not ws.get("transitions") else None
+        own = _clean_writer(ws)
         rows.append(("2. ≥ 80% of the raw writer (S=1)", f"lease PUT/s served at capacity ({_num(sc)} nodes"
                      f"{', ≥' if _capped(s['records'], 's1') else ''}), as a share of the best raw writer on this "
                      f"hardware and kernel ({_num(best[2])} PUT/s, {_src(best[0], best[1])})", _num(kseen),
                      _num(seen) + _ramp_note(s["records"], "s1", sc),
                      f"{100 * seen / best[2]:.0f}%", _verdict(seen / best[2] >= 0.8)
-                     + (f"; on the cluster S=1 held, with it {'frozen' if 'sim_freeze' in ws else 'stopped'}, "
+                     + (f"; on the cluster S=1 held, with it {_handover(ws)}, "
                         f"the raw writer itself got {_num(own)} PUT/s ({100 * own / best[2]:.0f}% of that best)"
                         if own else ""), _src(f, meta)))
         break
@@ -973,8 +986,7 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         # their grace) measured a cluster churning NotReady, not the limit: the largest size whose
         # writer ran clean stands in, and the row says so
         clean = [st for st in _held_steps(s["records"], "s1")
-                 if (st.get("writer_in_state") or {}).get("best_writes_per_s") and st.get("lease_puts_per_s")
-                 and not st["writer_in_state"].get("transitions")]
+                 if _clean_writer(st.get("writer_in_state") or {}) and st.get("lease_puts_per_s")]
         at = max(clean, key=lambda st: st["nodes"], default={})
         if not at or not sc:
             continue
@@ -999,7 +1011,7 @@ def target_rows(results_dir: Path) -> list[tuple[str, str, str, str, str, str, s
         rows.append(("2. ≥ 80% of the raw writer on the held cluster (S=1)",
                      f"lease PUT/s served at {where} ({_num(sc)} nodes{', ≥' if capped else ''}), as a share of the "
                      f"raw writer renewing those nodes' leases right after, with shardlet "
-                     f"{'frozen' if 'sim_freeze' in at['writer_in_state'] else 'stopped'} "
+                     f"{_handover(at['writer_in_state'])} "
                      f"({_num(best_in)} PUT/s){lapsed}", kcell,
                      _num(seen) + _ramp_note(s["records"], "s1", sc), f"{100 * seen / best_in:.0f}%",
                      _share_verdict(seen / best_in, 0.8)
