@@ -71,7 +71,7 @@ class Simulator:
         self.started_at = 0.0
         self.root_key: procs.Key | None = None
         self.stopped: dict[str, Any] | None = None   # stop()'s result: a second stop() returns it
-        self.frozen: list[procs.Key] = []              # the tree freeze() stopped, killed by stop()
+        self.frozen = False                            # freeze() stopped the tree: stop() kills it
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,8 +114,8 @@ class Simulator:
         if self.proc is None or self.proc.poll() is not None:
             return {"frozen": 0}
         t0 = time.monotonic()
-        self.frozen = [s.key for s in procs.descendants(self.proc.pid)]
-        done = procs.kill_keys(self.frozen, signal.SIGSTOP)
+        done = procs.kill_keys([s.key for s in procs.descendants(self.proc.pid)], signal.SIGSTOP)
+        self.frozen = True
         return {"frozen": len(done), "freeze_s": round(time.monotonic() - t0, 3)}
 
     def stop(self, grace: float = 30.0) -> dict[str, Any]:
@@ -127,8 +127,8 @@ class Simulator:
             return self.stopped
         tree = [s.key for s in procs.descendants(self.proc.pid)]
         t0 = time.monotonic()
-        if self.frozen:
-            procs.kill_keys(tree + self.frozen)
+        if self.frozen:   # a stopped process neither forks nor exits: the tree is what was frozen
+            procs.kill_keys(tree)
         rc = self.proc.poll()
         if rc is None:
             try:
