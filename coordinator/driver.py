@@ -1,11 +1,18 @@
-"""The Ray driver: start shard actors, push ring slices, notice deaths, rebalance.
+"""The Ray driver: start shard actors, push bucket tables, notice deaths, rebalance.
 
 Shards are async Ray actors named `<cluster>-shard-<i>` in namespace "shardlet". On an existing
 Ray cluster they are detached, so they outlive the coordinator: a restarted coordinator finds
-them by name, reads the ring they hold, and re-adopts them without moving a node. Ray restarts
+them by name, reads the table they hold, and re-adopts them without moving a node. Ray restarts
 a killed shard worker (max_restarts=-1); the monitor sees the fresh actor (started=False) and
-pushes the current slice again. A shard that cannot come back is dropped from the ring and its
-slice is acquired by the survivors, all well within the 40 s lease.
+pushes the current slice again. A shard that cannot come back is dropped from the table and its
+buckets are acquired by the survivors, all well within the 40 s lease.
+
+Every change of table is the same two-phase hand-off: the old owners release (keep only what
+they own under both tables), and only once each has acked, or been killed for not acking, do
+the new owners acquire; so no node is served by two live shards at once. Besides scaling and
+deaths, the monitor rebalances: node names hash to buckets, so the shards' node counts drift
+from N/S by sampling noise; once the total has held still for a few rounds and a shard is off by
+more than ``rebalance_tolerance``, a few whole buckets move (shardlet.ownership.balance).
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import structlog
 
 from coordinator.endpoint import Endpoint
 from coordinator.messages import Slice
-from coordinator.ring import DEFAULT_VNODES, Ring, node_owner
 from shardlet import aio
+from shardlet.ownership import DEFAULT_BUCKETS, Table, balance
 
 log = structlog.get_logger("coordinator.driver")
 
@@ -30,18 +37,24 @@ NAMESPACE = "shardlet"
 
 class Coordinator:
     def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None,
-                 detached: bool, vnodes: int = DEFAULT_VNODES, shard_cpus: float = 0.0, dead_after: float = 8.0) -> None:
+                 detached: bool, shard_cpus: float = 0.0, dead_after: float = 8.0,
+                 rebalance_tolerance: float = 0.02, settle_rounds: int = 3) -> None:
         self.name = name
         self.want = shards
         self.config = config
-        self.buckets = int(msgpack.unpackb(config).get("buckets") or 0)   # how nodes map to ring keys
+        # with bucket labels the table has one entry per label value; without, the default count
+        self.buckets = int(msgpack.unpackb(config).get("buckets") or 0) or DEFAULT_BUCKETS
         self.kubeconfig_text = kubeconfig_text
         self.detached = detached
-        self.vnodes = vnodes
         self.shard_cpus = shard_cpus
         self.dead_after = dead_after
+        self.rebalance_tolerance = rebalance_tolerance
+        self.settle_rounds = settle_rounds
         self.actors: dict[str, Any] = {}
-        self.ring = Ring([], epoch=0, vnodes=vnodes)
+        self.table: Table | None = None
+        self.rebalances = 0
+        self.imbalance: float | None = None   # the largest |shard's nodes - N/S| / (N/S) last seen
+        self._settle: tuple[int, int] = (-1, 0)   # (node total, rounds it has held still)
         self.failing_since: dict[str, float] = {}
         self.last_status: dict[str, dict[str, Any]] = {}
         self.recoveries: list[dict[str, Any]] = []
@@ -62,7 +75,7 @@ class Coordinator:
 
         # round-robin over the live raylets (SPREAD alone packs 0-CPU actors on one node). Hard
         # affinity (soft fell back to the local node here): a shard whose node is gone is dropped
-        # from the ring by the monitor and its slice goes to the survivors
+        # from the table by the monitor and its slice goes to the survivors
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
         strategy: Any = "SPREAD"
         if nodes:
@@ -75,7 +88,7 @@ class Coordinator:
         return self._actor_cls().options(**opts).remote(sid, self._actor_name(sid), self.config,
                                                         self.kubeconfig_text)
 
-    # The ring hashes "shard-<i>", not the actor's cluster-qualified name, so the same shard
+    # Tables name "shard-<i>", not the actor's cluster-qualified name, so the same shard
     # count gives the same slices on every cluster (and in every test run).
     @staticmethod
     def _shard_id(i: int) -> str:
@@ -85,7 +98,7 @@ class Coordinator:
         return f"{self.name}-{sid}"
 
     async def _adopt_existing(self) -> bool:
-        """After a coordinator restart: find live shards by name and keep the ring they hold."""
+        """After a coordinator restart: find live shards by name and keep the table they hold."""
         import ray
 
         found: dict[str, Any] = {}
@@ -104,14 +117,14 @@ class Coordinator:
             except Exception:  # a dead one is replaced below
                 continue
         best = max(statuses.values(), key=lambda s: s.get("epoch", 0), default=None)
-        if best is None or not best.get("ring"):
+        if best is None or not best.get("table"):
             return False
         self.actors = found
-        self.ring = Ring(best["ring"], epoch=best["epoch"], vnodes=self.vnodes)
+        self.table = Table(best["epoch"], tuple(best["table"]["shards"]), tuple(best["table"]["owners"]))
         self._next_index = 1 + max(int(s.rsplit("-", 1)[1]) for s in found)
-        log.info("coordinator_readopted", shards=list(self.ring.shards), epoch=self.ring.epoch)
+        log.info("coordinator_readopted", shards=list(self.table.shards), epoch=self.table.epoch)
         # shards that missed the last phase get it now; the others answer "already there"
-        await self._push(self.ring, "acquire", list(self.ring.shards))
+        await self._push(self.table, "acquire", list(self.table.shards))
         return True
 
     async def start(self) -> None:
@@ -121,42 +134,102 @@ class Coordinator:
         self._next_index = self.want
         for sid in ids:
             self.actors[sid] = self._new_actor(sid)
-        self.ring = Ring(ids, epoch=1, vnodes=self.vnodes)
-        await self._push(self.ring, "acquire", ids)
+        self.table = balance(ids, epoch=1, buckets=self.buckets)
+        await self._push(self.table, "acquire", ids)
 
-    async def _push(self, ring: Ring, phase: str, targets: list[str], timeout: float = 120) -> dict[str, bool]:
-        msg = Slice(epoch=ring.epoch, phase=phase, shards=tuple(ring.shards), vnodes=self.vnodes).to_bytes()
+    @property
+    def shards(self) -> tuple[str, ...]:
+        return self.table.shards if self.table is not None else ()
+
+    async def _push(self, table: Table, phase: str, targets: list[str], timeout: float = 120) -> dict[str, bool]:
+        msg = Slice(phase, table).to_bytes()
 
         async def one(sid: str) -> tuple[str, bool]:
             try:
                 ack = msgpack.unpackb(await asyncio.wait_for(self.actors[sid].assign.remote(msg), timeout))
                 return sid, bool(ack.get("ok"))
             except Exception as e:
-                log.warning("assign_failed", shard=sid, phase=phase, epoch=ring.epoch, error=repr(e)[:200])
+                log.warning("assign_failed", shard=sid, phase=phase, epoch=table.epoch, error=repr(e)[:200])
                 return sid, False
         return dict(await asyncio.gather(*(one(s) for s in targets)))
+
+    def _weights(self) -> list[int] | None:
+        """Nodes per bucket, summed over the shards' last reports (None before any report)."""
+        out = [0] * self.buckets
+        seen = False
+        for sid in self.shards:
+            for b, n in (self.last_status.get(sid, {}).get("bucket_nodes") or {}).items():
+                out[int(b)] += n
+                seen = True
+        return out if seen else None
+
+    async def _handoff(self, new: Table) -> dict[str, bool]:
+        """Release under the old table, then acquire under ``new``. A shard that does not ack
+        its release is killed before anyone acquires its nodes (Ray restarts it fresh, and the
+        monitor gives it the current table)."""
+        import ray
+
+        old = self.table
+        assert old is not None
+        released = await self._push(new, "release", list(old.shards))
+        for sid, ok in released.items():
+            if not ok and sid in self.actors:
+                log.warning("release_not_acked", shard=sid, epoch=new.epoch)
+                ray.kill(self.actors[sid], no_restart=False)
+                self.failing_since.setdefault(sid, time.monotonic())
+        self.table = new
+        self._settle = (-1, 0)
+        return await self._push(new, "acquire", list(new.shards))
 
     async def scale(self, n: int) -> dict[str, Any]:
         """Two-phase handoff to n shards: old owners release, then new owners acquire."""
         async with self._lock:
             t0 = time.monotonic()
-            old = self.ring
-            # keep the oldest shards (Ring.shards is sorted by name, not by creation)
+            old = self.table
+            assert old is not None
+            # keep the oldest shards (Table.shards is sorted by name, not by creation)
             keep = sorted(old.shards, key=lambda sid: int(sid.rsplit("-", 1)[1]))[:n]
             new_ids = keep + [self._shard_id(self._next_index + i) for i in range(max(0, n - len(keep)))]
             self._next_index += max(0, n - len(keep))
             for sid in new_ids:
                 if sid not in self.actors:
                     self.actors[sid] = self._new_actor(sid)
-            new = Ring(new_ids, epoch=old.epoch + 1, vnodes=self.vnodes)
-            await self._push(new, "release", list(old.shards))
-            self.ring = new
-            acks = await self._push(new, "acquire", new_ids)
+            new = balance(new_ids, epoch=old.epoch + 1, prev=old, weights=self._weights())
+            acks = await self._handoff(new)
             for sid in set(old.shards) - set(new_ids):
                 await self._retire(sid)
             took = time.monotonic() - t0
             log.info("shards_scaled", shards=n, epoch=new.epoch, seconds=round(took, 3))
             return {"shards": n, "epoch": new.epoch, "seconds": took, "acked": acks}
+
+    async def _maybe_rebalance(self) -> None:
+        """Move a few buckets once the node total held still and a shard is off by more than the
+        tolerance. Only on reports from every shard at the current epoch, after its acquire."""
+        table = self.table
+        if table is None:
+            return
+        reports = [self.last_status.get(sid) for sid in table.shards]
+        if any(r is None or r.get("epoch") != table.epoch or r.get("phase") != "acquire" or sid in self.failing_since
+               for sid, r in zip(table.shards, reports, strict=True)):
+            self._settle = (-1, 0)
+            return
+        weights = self._weights() or [0] * self.buckets
+        total = sum(weights)
+        mean = total / len(table.shards)
+        self.imbalance = max(abs(v - mean) for v in table.loads(weights).values()) / mean if total else 0.0
+        last, rounds = self._settle
+        self._settle = (total, rounds + 1 if total == last else 0)
+        if self._settle[1] < self.settle_rounds or self.imbalance <= self.rebalance_tolerance:
+            return
+        new = balance(table.shards, epoch=table.epoch + 1, prev=table, weights=weights)
+        if not new.moved(table):
+            return
+        t0 = time.monotonic()
+        await self._handoff(new)
+        self.rebalances += 1
+        log.info("shards_rebalanced", epoch=new.epoch, buckets_moved=len(new.moved(table)),
+                 nodes_moved=sum(weights[b] for b in new.moved(table)), imbalance=round(self.imbalance, 4),
+                 seconds=round(time.monotonic() - t0, 3))
 
     async def _retire(self, sid: str) -> None:
         import ray
@@ -176,6 +249,7 @@ class Coordinator:
             await asyncio.sleep(interval)
             async with self._lock:
                 await self._check_all()
+                await self._maybe_rebalance()
 
     async def _check_all(self) -> None:
         async def one(sid: str) -> None:
@@ -187,17 +261,19 @@ class Coordinator:
                 if time.monotonic() - since > self.dead_after:
                     await self._drop(sid, repr(e))
                 return
-            if not st.get("started") or st.get("epoch", 0) < self.ring.epoch:
+            if not st.get("started") or st.get("epoch", 0) < table.epoch:
                 # Ray restarted it (fresh state): give it its slice again
                 t0 = self.failing_since.pop(sid, time.monotonic())
-                await self._push(self.ring, "acquire", [sid])
+                await self._push(table, "acquire", [sid])
                 rec = {"shard": self._actor_name(sid), "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
                 self.recoveries.append(rec)
                 log.info("shard_recovered", **rec)
             else:
                 self.failing_since.pop(sid, None)
             self.last_status[sid] = st
-        await asyncio.gather(*(one(s) for s in list(self.ring.shards)))
+        table = self.table
+        if table is not None:
+            await asyncio.gather(*(one(s) for s in table.shards))
 
     async def _drop(self, sid: str, why: str) -> None:
         """A shard that did not come back: survivors acquire its slice."""
@@ -211,20 +287,26 @@ class Coordinator:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
-        survivors = [s for s in self.ring.shards if s != sid]
+        assert self.table is not None
+        survivors = [s for s in self.table.shards if s != sid]
         if not survivors:
             return
-        self.ring = Ring(survivors, epoch=self.ring.epoch + 1, vnodes=self.vnodes)
-        await self._push(self.ring, "acquire", survivors)
+        # the dead shard released nothing: the survivors only acquire (they keep what they had)
+        self.table = balance(survivors, epoch=self.table.epoch + 1, prev=self.table, weights=self._weights())
+        self._settle = (-1, 0)
+        await self._push(self.table, "acquire", survivors)
 
     # -- reporting -------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         shards = []
-        for sid in self.ring.shards:
-            st = dict(self.last_status.get(sid, {"shard": self._actor_name(sid)}))
+        for sid in self.shards:
+            st = {k: v for k, v in self.last_status.get(sid, {"shard": self._actor_name(sid)}).items()
+                  if k not in ("table", "bucket_nodes")}   # the coordinator's own view is below
             st["alive"] = sid not in self.failing_since
             shards.append(st)
-        return {"coordinator": {"epoch": self.ring.epoch, "shards": len(self.ring.shards), "mode": "ray",
+        epoch = self.table.epoch if self.table is not None else 0
+        return {"coordinator": {"epoch": epoch, "shards": len(self.shards), "mode": "ray", "buckets": self.buckets,
+                                "imbalance": self.imbalance, "rebalances": self.rebalances,
                                 "recoveries": self.recoveries[-20:]}, "shards": shards}
 
     async def metrics(self) -> bytes:
@@ -234,15 +316,15 @@ class Coordinator:
                 return out
             except Exception:
                 return b""
-        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.ring.shards if s in self.actors))
+        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.shards if s in self.actors))
         return _merge_exposition(list(parts))
 
     async def node_metrics(self, path: str) -> tuple[int, str]:
         """Ask the shard that owns the node in the path; paths without a node go to every shard."""
         parts = path.split("/")
-        targets = list(self.ring.shards)
-        if path.startswith("/metrics/nodes/") and len(parts) > 3 and targets:
-            owner = node_owner(self.ring, parts[3], self.buckets)
+        targets = list(self.shards)
+        if path.startswith("/metrics/nodes/") and len(parts) > 3 and self.table is not None:
+            owner = self.table.owner(parts[3])
             targets.remove(owner)
             targets.insert(0, owner)   # the owner first; the others only answer during a handoff
         last: tuple[int, str] = (404, f"no shard serves {path}\n")
@@ -266,7 +348,7 @@ class Coordinator:
                 return [tuple(t) for t in msgpack.unpackb(await asyncio.wait_for(a.metric_targets.remote(), 10))]
             except Exception:
                 return []
-        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.ring.shards if s in self.actors))
+        parts = await asyncio.gather(*(one(self.actors[s]) for s in self.shards if s in self.actors))
         return list(dict.fromkeys(t for p in parts for t in p))   # a path without a node comes from every shard
 
     async def stop(self, release_leases: bool) -> None:
@@ -294,7 +376,7 @@ async def serve(coord: Coordinator, status_port: int, release_leases: bool, stat
                   metric_targets=coord.metric_targets)
     await coord.start()
     port = await ep.start(coord.name, status_port, status_addr)
-    log.info("coordinator_ready", name=coord.name, shards=len(coord.ring.shards), epoch=coord.ring.epoch,
+    log.info("coordinator_ready", name=coord.name, shards=len(coord.shards), epoch=coord.table.epoch if coord.table else 0,
              status=f"http://127.0.0.1:{port}/status")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,10 +1,10 @@
 """The Ray actor face of a shard: `assign`, `status`, `stop`, nothing else.
 
-The coordinator never sends node lists: it sends the ring (shard ids, vnodes, epoch) and a
+The coordinator never sends node lists: it sends the bucket table (shardlet.ownership) and a
 phase. In the release phase a shard keeps only nodes it owns under both the old and the new
-ring; in the acquire phase it takes everything the new ring gives it. Because every shard
-computes ownership with the same deterministic ring, no node is served by two shards in one
-epoch. Messages are msgpack bytes (coordinator.messages).
+table; in the acquire phase it takes everything the new table gives it. Because a node's bucket
+is a pure function of its name, every shard reads the same owner from one table, so no node is
+served by two shards in one epoch. Messages are msgpack bytes (coordinator.messages).
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import structlog
 
 from coordinator.messages import Slice
-from coordinator.ring import Ring, bucket, bucket_key, node_owner
 from shardlet.api import Kube
+from shardlet.ownership import Table, bucket
 from shardlet.shard import Shard, ShardConfig
 
 log = structlog.get_logger("shardlet.actor")
@@ -50,43 +51,39 @@ class ShardActor:
             os.chmod(path, 0o600)
             self.kubeconfig = path
         self.shard: Shard | None = None
-        self.ring: Ring | None = None
+        self.table: Table | None = None
         self.epoch = 0
         self.phase = "none"
         self.started_at = time.time()
         self._lock = asyncio.Lock()
 
-    def _slice(self, *rings: Ring) -> tuple[Any, frozenset[int] | None]:
-        """Ownership under every ring given (one ring, or old and new during a release).
-
-        With bucket labels the ring hashes bucket ids and a node belongs to its bucket's owner,
-        so a shard can ask the apiserver for exactly its buckets."""
+    def _slice(self, *tables: Table) -> tuple[Callable[[str], bool], frozenset[int]]:
+        """The buckets this shard owns under every table given (one, or old and new during a
+        release), and the node predicate for them."""
         me = self.id
-        nb = self.cfg.buckets
-        if nb > 0:
-            mine = frozenset(b for b in range(nb) if all(r.owner(bucket_key(b)) == me for r in rings))
-            return (lambda node: bucket(node, nb) in mine), mine
-        return (lambda node: all(node_owner(r, node) == me for r in rings)), None
+        mine = frozenset.intersection(*(t.buckets_of(me) for t in tables))
+        nb = tables[0].buckets
+        return (lambda node: bucket(node, nb) in mine), mine
 
     async def assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
+        new = s.table
         async with self._lock:
-            if s.epoch < self.epoch or (s.epoch == self.epoch and s.phase == self.phase):
-                return msgpack.packb({"ok": s.epoch == self.epoch, "epoch": self.epoch, "shard": self.id})
-            new = Ring(s.shards, epoch=s.epoch, vnodes=s.vnodes)
+            if new.epoch < self.epoch or (new.epoch == self.epoch and s.phase == self.phase):
+                return msgpack.packb({"ok": new.epoch == self.epoch, "epoch": self.epoch, "shard": self.id})
             if self.shard is None:
                 # first assignment (or after a restart): serve the new slice straight away
-                pred, mine = self._slice(new) if s.phase == "acquire" else self._slice(new, self.ring or new)
-                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred, buckets=mine)
+                pred, mine = self._slice(new) if s.phase == "acquire" else self._slice(new, self.table or new)
+                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred, buckets=mine,
+                                   bucket_count=new.buckets)
                 await self.shard.start()
             else:
-                old = self.ring or new
-                pred, mine = self._slice(old, new) if s.phase == "release" else self._slice(new)
+                pred, mine = self._slice(self.table or new, new) if s.phase == "release" else self._slice(new)
                 await self.shard.set_owned(pred, mine)
             if s.phase == "acquire":
-                self.ring = new
-            self.epoch, self.phase = s.epoch, s.phase
-            log.info("slice_assigned", shard=self.id, epoch=s.epoch, phase=s.phase,
+                self.table = new
+            self.epoch, self.phase = new.epoch, s.phase
+            log.info("slice_assigned", shard=self.id, epoch=new.epoch, phase=s.phase, buckets=len(mine),
                      nodes=self.shard.status()["nodes"])
             return msgpack.packb({"ok": True, "epoch": self.epoch, "shard": self.id})
 
@@ -96,7 +93,7 @@ class ShardActor:
 
         st.update(epoch=self.epoch, phase=self.phase, pid=os.getpid(), started=self.shard is not None,
                   ray_node=ray.get_runtime_context().get_node_id(), up_since=self.started_at,
-                  ring=list(self.ring.shards) if self.ring else [])
+                  table={"shards": list(self.table.shards), "owners": list(self.table.owners)} if self.table else None)
         return msgpack.packb(st)
 
     async def metrics(self) -> bytes:

@@ -48,8 +48,10 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                    help="one cluster-wide pod watch filtered by node (kwok's way), or one field-selected watch "
                         "per owned node (default: cluster with one shard, node with several)")
     g.add_argument("--buckets", type=int, default=None,
-                   help="label managed nodes with one of N stable buckets and let each shard watch only its "
-                        "buckets; 0 watches every node (default: 0 with one shard, 1024 with several)")
+                   help="with several shards: label managed nodes with one of N stable buckets (a hash of the "
+                        "name) and let each shard watch only its buckets; 0 has every shard watch every node and "
+                        "keep its own (1024 buckets, unlabelled). The coordinator balances node counts by moving "
+                        "whole buckets (default: 1024)")
     g.add_argument("--concurrency", type=int, default=64, help="stage writes in flight per shard (default: %(default)s)")
     g = p.add_argument_group("serving")
     g.add_argument("--shards", type=int, default=1,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,6 @@ from typing import Any
 
 import structlog
 
-from coordinator.ring import bucket as bucket_of
 from shardlet import heap
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.conditions import node_ready
@@ -30,6 +30,7 @@ from shardlet.delayqueue import DelayQueue
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
+from shardlet.ownership import bucket as bucket_of
 from shardlet.precedence import LeasesFirst
 from shardlet.resourcemetrics import ResourceMetrics
 from shardlet.satoken import TokenKeeper
@@ -113,7 +114,7 @@ def _node_cidrs(node: dict[str, Any]) -> list[str]:
 
 class Shard:
     def __init__(self, kube: Kube, config: ShardConfig, *, owned: Callable[[str], bool] | None = None,
-                 buckets: frozenset[int] | None = None) -> None:
+                 buckets: frozenset[int] | None = None, bucket_count: int = 0) -> None:
         self.kube = kube
         self.cfg = config
         self.owned: Callable[[str], bool] = owned or (lambda _n: True)
@@ -149,7 +150,10 @@ class Shard:
         self.token = TokenKeeper(kube, config.name)
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
-        self.my_buckets: frozenset[int] | None = buckets   # label-sharded mode only
+        self.my_buckets: frozenset[int] | None = buckets   # sharded: the buckets of this slice
+        # sharded: the bucket of every node served, so the coordinator can balance node counts
+        self.bucket_count = bucket_count
+        self.node_buckets: dict[str, int] = {}
         self.labeled = 0
         self.pod_watch: Reflector | None = None
         self.per_node_watches: dict[str, asyncio.Task[None]] = {}
@@ -231,6 +235,8 @@ class Shard:
         info = self.nodes[name]
         if self.cfg.lease_duration > 0:
             self.leases.add(name, info.uid)
+        if self.bucket_count:
+            self.node_buckets[name] = bucket_of(name, self.bucket_count)
         self.metrics.nodes.set(self._owned_count())
         if self.cfg.pod_watch == "node":
             self._start_node_pod_watch(name)
@@ -240,6 +246,7 @@ class Shard:
     def _release_node(self, name: str) -> None:
         """Stop serving a node (handed to another shard or no longer managed)."""
         self.leases.remove(name)
+        self.node_buckets.pop(name, None)
         self.queue.cancel(("Node", name))
         for key in self.pods_by_node.pop(name, set()):
             self.queue.cancel(("Pod", key))
@@ -477,10 +484,12 @@ class Shard:
 
         In label-sharded mode the node watch is re-selected to the new buckets; its relist
         brings the newly owned nodes (and reports the others as gone)."""
+        if buckets is not None and buckets == self.my_buckets:
+            return   # the same slice: nothing to release, adopt or re-select
         old = self.owned
         self.owned = owned
+        self.my_buckets = buckets
         if self.cfg.buckets > 0 and buckets is not None:
-            self.my_buckets = buckets
             for name, info in list(self.nodes.items()):
                 if info.managed and old(name) and not owned(name):
                     self._release_node(name)
@@ -627,6 +636,7 @@ class Shard:
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.queue),
             "buckets": len(self.my_buckets) if self.my_buckets is not None else None,
+            "bucket_nodes": dict(Counter(self.node_buckets.values())) if self.bucket_count else None,
             "pod_watches": len(self.per_node_watches) or (1 if self.pod_watch else 0),
             # "token": short requests carry the service-account token (shardlet.satoken)
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),

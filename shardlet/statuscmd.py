@@ -53,7 +53,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
     c = st["coordinator"]
-    print(f"coordinator: mode={c.get('mode')} epoch={c.get('epoch')} shards={c.get('shards')}")
+    print(f"coordinator: mode={c.get('mode')} epoch={c.get('epoch')} shards={c.get('shards')}"
+          + (f" imbalance={c['imbalance']:.1%} rebalances={c.get('rebalances', 0)}" if c.get('imbalance') is not None else ""))
     cols = ["shard", "ray_node", "pid", "nodes", "pods", "watch_events", "transitions",
             "lease_lag_p50", "lease_lag_p99", "alive", "last_error"]
     rows = [[_fmt(s.get(k)) if k != "ray_node" else _fmt(s.get(k))[:12] for k in cols] for s in st["shards"]]
