@@ -158,7 +158,7 @@ class Coordinator:
         out = [0] * self.buckets
         seen = False
         for sid in self.shards:
-            for b, n in (self.last_status.get(sid, {}).get("bucket_nodes") or {}).items():
+            for b, n in self.last_status.get(sid, {}).get("bucket_nodes") or ():
                 out[int(b)] += n
                 seen = True
         return out if seen else None
@@ -252,15 +252,18 @@ class Coordinator:
                 await self._maybe_rebalance()
 
     async def _check_all(self) -> None:
-        async def one(sid: str) -> None:
+        table = self.table
+        if table is None:
+            return
+
+        async def one(sid: str) -> str | None:
+            """Refresh one shard's status; the error text once it has failed for dead_after."""
             a = self.actors[sid]
             try:
                 st = msgpack.unpackb(await asyncio.wait_for(a.status.remote(), 3))
             except Exception as e:
                 since = self.failing_since.setdefault(sid, time.monotonic())
-                if time.monotonic() - since > self.dead_after:
-                    await self._drop(sid, repr(e))
-                return
+                return repr(e) if time.monotonic() - since > self.dead_after else None
             if not st.get("started") or st.get("epoch", 0) < table.epoch:
                 # Ray restarted it (fresh state): give it its slice again
                 t0 = self.failing_since.pop(sid, time.monotonic())
@@ -271,14 +274,20 @@ class Coordinator:
             else:
                 self.failing_since.pop(sid, None)
             self.last_status[sid] = st
-        table = self.table
-        if table is not None:
-            await asyncio.gather(*(one(s) for s in table.shards))
+            return None
+        dead = await asyncio.gather(*(one(s) for s in table.shards))
+        # one table change at a time: each drop plans from the table the previous one left
+        for sid, why in zip(table.shards, dead, strict=True):
+            if why is not None:
+                await self._drop(sid, why)
 
     async def _drop(self, sid: str, why: str) -> None:
         """A shard that did not come back: survivors acquire its slice."""
         import ray
 
+        assert self.table is not None
+        if self.table.shards == (sid,):
+            return   # the last shard: nobody could take its nodes, so keep waiting for Ray's restart
         log.warning("shard_dead", shard=sid, error=why[:200])
         self.failing_since.pop(sid, None)
         a = self.actors.pop(sid, None)
@@ -287,10 +296,7 @@ class Coordinator:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
-        assert self.table is not None
         survivors = [s for s in self.table.shards if s != sid]
-        if not survivors:
-            return
         # the dead shard released nothing: the survivors only acquire (they keep what they had)
         self.table = balance(survivors, epoch=self.table.epoch + 1, prev=self.table, weights=self._weights())
         self._settle = (-1, 0)

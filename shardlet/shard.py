@@ -636,7 +636,8 @@ class Shard:
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.queue),
             "buckets": len(self.my_buckets) if self.my_buckets is not None else None,
-            "bucket_nodes": dict(Counter(self.node_buckets.values())) if self.bucket_count else None,
+            # [bucket, nodes] pairs: msgpack maps between processes take str keys only
+            "bucket_nodes": sorted(Counter(self.node_buckets.values()).items()) if self.bucket_count else None,
             "pod_watches": len(self.per_node_watches) or (1 if self.pod_watch else 0),
             # "token": short requests carry the service-account token (shardlet.satoken)
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),

@@ -125,7 +125,10 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
         finally:
             await kube.close()
     assert f"Ready {size.nodes}" in asyncio.run(go())
-    st = poll(lambda: (s := _status(rc_cluster)) and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 60, 1, "all owned")
+    # all owned, and the coordinator done rebalancing (its epoch is what the re-adoption must keep)
+    st = poll(lambda: (s := _status(rc_cluster)) and sum(x["nodes"] for x in s["shards"]) == size.nodes
+              and s["coordinator"]["imbalance"] is not None and s["coordinator"]["imbalance"] <= 0.02 and s,
+              90, 1, "all owned and balanced")
     # placed on both raylets
     assert len({x["ray_node"] for x in st["shards"]}) == 2, [x["ray_node"] for x in st["shards"]]
     epoch = st["coordinator"]["epoch"]
@@ -146,7 +149,7 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
         renew1 = {i["metadata"]["name"]: i["spec"]["renewTime"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
         assert all(renew1[n] != renew0[n] for n in renew0), "leases stopped being renewed without a coordinator"
         assert time.monotonic() - t0 >= size.hold
-        # a new coordinator re-adopts the shards: same ring epoch, no node moves
+        # a new coordinator re-adopts the shards: same table epoch, no node moves
         job2 = _submit(ray_cluster, rc_cluster)
         st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all("nodes" in x for x in s["shards"])
                    and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 180, 1, "coordinator re-adopted shards")
