@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not start kube-controller-manager")
     up.add_argument("--shards", type=_positive_int, default=1,
                     help="start shardlet with this many shards against the cluster; 0: none (default: %(default)s)")
-    up.add_argument("--profile", default="fast", help="built-in stage profile(s), comma separated: fast, general, chaos")
+    up.add_argument("--profile", default="fast", help="built-in stage profile(s), comma separated: fast, general, chaos, heartbeat, volume")
     up.add_argument("--lease-duration", type=_positive_int, default=40,
                     help="node lease duration in seconds; renewed every quarter (default: %(default)s)")
     up.add_argument("--node-metrics", action="store_true",

@@ -34,7 +34,7 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                    help="manage nodes matching this label selector (sent to the apiserver)")
     g = p.add_argument_group("behaviour")
     g.add_argument("--profile", default="fast",
-                   help="built-in stage profiles, comma separated: fast, general, chaos (default: %(default)s); "
+                   help="built-in stage profiles, comma separated: fast, general, chaos, heartbeat, volume (default: %(default)s); "
                         "'none' for only --stage-file and Stage objects")
     g.add_argument("--stage-file", action="append", default=[],
                    help="YAML file of Stage objects (repeatable); Stage objects in the cluster are also used")

@@ -27,6 +27,7 @@ from shardlet import heap
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.conditions import node_ready
 from shardlet.delayqueue import DelayQueue
+from shardlet.discovery import NODES, PODS, Discovery, NotServed
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.lease import LeaseRenewer
 from shardlet.metrics import ShardMetrics
@@ -34,10 +35,19 @@ from shardlet.ownership import bucket as bucket_of
 from shardlet.precedence import LeasesFirst
 from shardlet.resourcemetrics import ResourceMetrics
 from shardlet.satoken import TokenKeeper
-from shardlet.stages.engine import Actions, Apply, Delete, Event, Patch, StageEngine
+from shardlet.stagecontroller import StageController, StageControllerConfig
+from shardlet.stages.engine import StageEngine
 from shardlet.stages.funcs import base_funcs
-from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, load_stages
+from shardlet.stages.model import (
+    Stage,
+    StageError,
+    load_profile,
+    load_stage_yaml,
+    load_stages,
+    profile_objects,
+)
 from shardlet.watch import Reflector, obj_key
+from shardlet.writer import Writer
 
 log = structlog.get_logger("shardlet.shard")
 
@@ -68,6 +78,7 @@ class ShardConfig:
     metrics_addr: str = "127.0.0.1"
     node_metrics: bool = False                        # serve kwok's Metric/ResourceUsage (keeps slim pods)
     metric_files: tuple[str, ...] = ()
+    rediscover_every: float = 5.0                     # seconds between lookups of kinds not served yet
     token_exchange: bool = True                       # a client certificate is swapped for a
                                                       # service-account token (shardlet.satoken)
 
@@ -148,6 +159,15 @@ class Shard:
         # and renewals stretch a little)
         self.leases_first = LeasesFirst(self.leases.behind)
         self.token = TokenKeeper(kube, config.name)
+        self.discovery = Discovery(kube)
+        self.writer = Writer(kube, self.discovery, config.name)
+        self.controllers: dict[tuple[str, str], StageController] = {}
+        self._controllers_lock = asyncio.Lock()
+        self._sync_tasks: set[asyncio.Task[None]] = set()
+        self.kind_errors: dict[str, str] = {}      # "apiGroup/kind" -> why no controller plays it
+        self.play_errors: dict[str, str] = {}      # stage -> its latest failure on some object
+        self._generic_funcs = {**self.base_funcs, "NodeIP": lambda: config.node_ip,
+                               "NodeName": lambda: config.node_name, "NodePort": lambda: config.node_port}
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
         self.my_buckets: frozenset[int] | None = buckets   # sharded: the buckets of this slice
@@ -184,6 +204,7 @@ class Shard:
         merged = [s for s in self.static_stages if s.name not in names] + self.crd_stages
         self.engine = StageEngine(merged)
         log.info("stages_loaded", shard=self.cfg.name, stages=sorted(s.name for s in merged))
+        self._resync_controllers()
 
     def _on_stage(self, typ: str, obj: dict[str, Any]) -> None:
         name = (obj.get("metadata") or {}).get("name", "")
@@ -365,6 +386,73 @@ class Shard:
                                                     meta.get("namespace"))[0]
         return f
 
+    def _stage_failed(self, stage: str, msg: str) -> None:
+        """One stage failed on one object: counted, logged, and the latest per stage in status."""
+        self.metrics.stage_error(stage)
+        self.last_error = msg
+        if stage in self.play_errors or len(self.play_errors) < 100:
+            self.play_errors[stage] = msg
+        log.warning("stage_failed", shard=self.cfg.name, stage=stage, error=msg)
+
+    # -- generic stage controllers (every resource but Node and Pod) ----------------------
+    def _owns_object(self, obj: dict[str, Any]) -> bool:
+        """Sharded, an object of a generic resource belongs to the shard owning its uid's bucket."""
+        if not self.bucket_count or self.my_buckets is None:
+            return True
+        uid = (obj.get("metadata") or {}).get("uid") or obj_key(obj)
+        return bucket_of(str(uid), self.bucket_count) in self.my_buckets
+
+    async def _sync_controllers(self) -> None:
+        """One controller per (apiGroup, kind) that a loaded Stage names; a kind the apiserver does
+        not serve is reported and tried again every `rediscover_every` seconds (a CRD may come)."""
+        async with self._controllers_lock:
+            want: dict[tuple[str, str], list[Stage]] = {}
+            for st in self.engine.stages:
+                if (st.api_group, st.kind) not in (("v1", "Node"), ("v1", "Pod")):
+                    want.setdefault((st.api_group, st.kind), []).append(st)
+            for key in [k for k in self.controllers if k not in want]:
+                await self.controllers.pop(key).stop()
+            errors: dict[str, str] = {}
+            for (group, kind), stages in want.items():
+                c = self.controllers.get((group, kind))
+                if c is not None:
+                    c.set_stages(stages)
+                    continue
+                try:
+                    res = await self.discovery.resolve(group, kind)
+                except (NotServed, ApiError) as e:
+                    names = ", ".join(sorted(s.name for s in stages))
+                    errors[f"{group}/{kind}"] = f"stage {names}: spec.resourceRef {kind} in {group}: {e}"
+                    continue
+                c = StageController(self.writer, StageControllerConfig(res, self.cfg.name), stages,
+                                    funcs=lambda: self._generic_funcs, owns=self._owns_object,
+                                    on_transition=self._generic_transition, on_error=self._stage_failed)
+                self.controllers[(group, kind)] = c
+                await c.start()
+                log.info("stage_controller_started", shard=self.cfg.name, resource=str(res),
+                         stages=c.stage_names)
+            for k, msg in errors.items():
+                if self.kind_errors.get(k) != msg:
+                    log.warning("stage_kind_not_served", shard=self.cfg.name, error=msg)
+            self.kind_errors = errors
+
+    def _generic_transition(self, stage: str) -> None:
+        self.transitions += 1
+        self.metrics.transition(stage)
+
+    async def _rediscover(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.rediscover_every)
+            if self.kind_errors:
+                await self._sync_controllers()
+
+    def _resync_controllers(self) -> None:
+        """From a (synchronous) watch handler: sync the controllers once the loop is free."""
+        if self.ready.is_set():
+            t = asyncio.create_task(self._sync_controllers())
+            self._sync_tasks.add(t)
+            t.add_done_callback(self._sync_tasks.discard)
+
     # -- stage jobs ------------------------------------------------------------------------
     def _plan(self, kind: str, obj: dict[str, Any]) -> None:
         key = (kind, obj_key(obj))
@@ -399,20 +487,18 @@ class Shard:
         try:
             actions = self.engine.actions(stage, obj, self._funcs(kind, obj))
         except (StageError, IPAMError) as e:
-            self.metrics.stage_error(stage.name)
-            self.last_error = str(e)
-            log.warning("stage_render_failed", shard=self.cfg.name, stage=stage.name, object=okey, error=str(e))
+            self._stage_failed(stage.name, f"{kind} {okey}: {e}")
             return
         try:
             async with self.leases_first.turn():
-                result = await self._apply(kind, obj, actions)
+                result = await self.writer.play(NODES if kind == "Node" else PODS, obj, actions, stage.name)
+        except StageError as e:   # an apply of a kind the apiserver does not serve
+            self._stage_failed(stage.name, str(e))
+            return
         except ApiError as e:
             if e.status == 404:
                 return   # the object is gone; its DELETED event cleans up
-            self.metrics.stage_error(stage.name)
-            self.last_error = f"{stage.name} {okey}: {e}"
-            log.warning("stage_apply_failed", shard=self.cfg.name, stage=stage.name, object=okey,
-                        status=e.status, error=e.message[:200])
+            self._stage_failed(stage.name, f'stage "{stage.name}" on {kind} {okey}: {e.status} {e.reason}: {e.message[:200]}')
             if e.status == 409 or e.status in (429, 500, 502, 503, 504) or e.status == 0:
                 self.queue.put(key, job, 1.0)   # retry with the same stage
             return
@@ -432,52 +518,6 @@ class Shard:
             return self.per_node_reflectors.get((pod.get("spec") or {}).get("nodeName", ""))
         return self.pod_watch
 
-    async def _apply(self, kind: str, obj: dict[str, Any], actions: Actions) -> dict[str, Any] | None:
-        """Send the stage's writes in kwok's order; returns the object after the last patch
-        (None once deleted)."""
-        meta = obj.get("metadata") or {}
-        name, ns = meta.get("name", ""), meta.get("namespace", "")
-        steps: list[Any] = list(actions.ordered)
-        if not steps:
-            steps = ([actions.event] if actions.event is not None else []) + list(actions.patches)
-            if actions.delete:
-                steps.append(Delete())
-        result: dict[str, Any] | None = obj
-        for step in steps:
-            if isinstance(step, Event):
-                await self._record_event(kind, obj, step)
-            elif isinstance(step, Patch | Apply):
-                path = path_for(kind, name, ns, step.subresource or "")
-                params = {"fieldManager": "shardlet", "force": "true"} if step.type == "apply" else {}
-                result = await self.kube.retrying(
-                    lambda path=path, step=step, params=params: self.kube.patch(path, step.body, step.type, **params),
-                    what=f"patch {kind} {name}")
-            elif isinstance(step, Delete):
-                body: dict[str, Any] = {"gracePeriodSeconds": 0}
-                if meta.get("uid"):
-                    body["preconditions"] = {"uid": meta["uid"]}
-                await self.kube.retrying(lambda body=body: self.kube.delete(path_for(kind, name, ns), body),
-                                         what=f"delete {kind} {name}")
-                result = None
-        return result
-
-    async def _record_event(self, kind: str, obj: dict[str, Any], ev: Event) -> None:
-        meta = obj.get("metadata") or {}
-        ns = meta.get("namespace") or "default"
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": kind, "name": meta.get("name"),
-                               "namespace": meta.get("namespace", ""), "uid": meta.get("uid")},
-            "type": ev.type or "Normal", "reason": ev.reason, "message": ev.message,
-            "source": {"component": "shardlet", "host": self.cfg.name},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            await self.kube.create(path_for("Event", namespace=ns), body)
-        except ApiError as e:  # events are best effort, as in the kubelet
-            log.debug("event_failed", shard=self.cfg.name, object=meta.get("name"), status=e.status)
-
     # -- ownership (coordinator) -----------------------------------------------------------
     async def set_owned(self, owned: Callable[[str], bool], buckets: frozenset[int] | None = None) -> None:
         """Switch to a new slice: release nodes no longer owned, adopt the newly owned ones.
@@ -489,6 +529,8 @@ class Shard:
         old = self.owned
         self.owned = owned
         self.my_buckets = buckets
+        for c in list(self.controllers.values()):
+            await c.set_owned(self._owns_object)
         if self.cfg.buckets > 0 and buckets is not None:
             for name, info in list(self.nodes.items()):
                 if info.managed and old(name) and not owned(name):
@@ -591,6 +633,15 @@ class Shard:
                 on_relist=lambda: self.metrics.relist("pods"))
             self.tasks.append(asyncio.create_task(self.pod_watch.run()))
             await self.pod_watch.synced.wait()
+        for p in self.cfg.profiles:
+            for obj in profile_objects(p):
+                try:
+                    await self.writer.ensure(obj)
+                except (ApiError, NotServed) as e:
+                    log.warning("profile_object_failed", shard=self.cfg.name, profile=p, kind=obj.get("kind"),
+                                name=(obj.get("metadata") or {}).get("name"), error=str(e))
+        await self._sync_controllers()
+        self.tasks.append(asyncio.create_task(self._rediscover()))
         heap.freeze()
         self.ready.set()
         log.info("shard_ready", shard=self.cfg.name, nodes=self._owned_count(), pods=len(self.pods))
@@ -602,6 +653,8 @@ class Shard:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for c in self.controllers.values():
+            await c.stop()
         if release_leases:
             await self.leases.release_all()
         await self.token.stop()
@@ -642,7 +695,8 @@ class Shard:
             # "token": short requests carry the service-account token (shardlet.satoken)
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
             "token_fallbacks": self.kube.token_fallbacks,
-            "stage_errors": sorted(self.stage_errors.values()),
+            "stage_errors": sorted([*self.stage_errors.values(), *self.kind_errors.values(), *self.play_errors.values()]),
+            "stage_controllers": {str(c.res): c.stage_names for c in self.controllers.values()},
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
         }

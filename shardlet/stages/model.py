@@ -53,7 +53,7 @@ __all__ = [
     "parse_stage",
 ]
 
-PROFILES: Final = ("fast", "general", "chaos")
+PROFILES: Final = ("fast", "general", "chaos", "heartbeat", "volume")
 PatchType = Literal["json", "merge", "strategic"]
 ApplyType = Literal["apply", "merge", "strategic"]
 
@@ -556,7 +556,16 @@ def _profile(name: str) -> tuple[Stage, ...]:
 
 
 def load_profile(name: str) -> list[Stage]:
-    """The Stages of a built-in profile: ``fast``, ``general`` or ``chaos`` (kwok v0.8.0's)."""
+    """The Stages of a built-in profile (kwok v0.8.0's stage sets), one of ``PROFILES``."""
     if name not in PROFILES:
         raise StageError(f"unknown stage profile {name!r}: expected one of {', '.join(PROFILES)}")
     return list(_profile(name))
+
+
+def profile_objects(name: str) -> list[dict[str, Any]]:
+    """The objects other than Stages that a built-in profile needs in the cluster (the volume
+    set's StorageClass), as kwokctl applies them with the set."""
+    if name not in PROFILES:
+        raise StageError(f"unknown stage profile {name!r}: expected one of {', '.join(PROFILES)}")
+    text = resources.files("shardlet.stages").joinpath("profiles", f"{name}.yaml").read_text("utf-8")
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") != "Stage"]
