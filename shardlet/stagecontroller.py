@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from shardlet.api import ApiError
 from shardlet.delayqueue import DelayQueue
 from shardlet.discovery import Resource
@@ -35,8 +33,6 @@ from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import Stage, StageError
 from shardlet.watch import Reflector, obj_key
 from shardlet.writer import Writer
-
-log = structlog.get_logger("shardlet.stagecontroller")
 
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 
@@ -161,6 +157,5 @@ class StageController:
             self._plan(key, result)
 
     def _failed(self, stage: Stage, key: str, why: str) -> None:
-        msg = f'stage "{stage.name}" on {self.res.kind} {key}: {why}'
-        log.warning("stage_failed", shard=self.cfg.shard, stage=stage.name, kind=self.res.kind, object=key, error=why)
-        self.on_error(stage.name, msg)
+        """Reported through ``on_error`` (the shard counts, logs and shows it in status)."""
+        self.on_error(stage.name, f"{self.res.kind} {key}: {why}")

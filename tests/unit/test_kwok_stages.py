@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from shardlet.stages.engine import Apply, Delete, Event, Patch, StageEngine, yaml_to_json
-from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml
+from shardlet.stages.model import Stage, StageError, load_profile, load_stage_yaml, profile_objects
 
 from .kwok_source import KWOK, kwok_stage_dir
 
@@ -239,5 +239,12 @@ def test_builtin_profiles_are_kwoks_stages() -> None:
     chaos = [STAGE_DIR / "node/chaos/node-not-ready.yaml",
              STAGE_DIR / "pod/chaos/pod-container-running-failed.yaml",
              STAGE_DIR / "pod/chaos/pod-init-container-running-failed.yaml"]
-    for name, files in (("fast", fast), ("general", general), ("chaos", chaos)):
+    volume = [STAGE_DIR / "volume/fast" / f for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
+                                                      "pv-delete.yaml")]
+    heartbeat = [STAGE_DIR / "node/heartbeat/node-heartbeat.yaml"]
+    for name, files in (("fast", fast), ("general", general), ("chaos", chaos), ("volume", volume),
+                        ("heartbeat", heartbeat)):
         assert [dict(s.raw) for s in load_profile(name)] == raw(files), name
+    # the volume set's StorageClass is kwok's too, created beside the stages
+    assert profile_objects("volume") == raw([STAGE_DIR / "volume/fast/storage-class.yaml"])
+    assert profile_objects("fast") == []

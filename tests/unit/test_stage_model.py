@@ -182,6 +182,8 @@ def test_unknown_profile() -> None:
         ("general", ["node-initialize", "node-heartbeat-with-lease", "pod-create", "pod-init-container-running",
                      "pod-init-container-completed", "pod-ready", "pod-complete", "pod-delete"]),
         ("chaos", ["node-not-ready", "pod-container-running-failed", "pod-init-container-running-failed"]),
+        ("heartbeat", ["node-heartbeat"]),
+        ("volume", ["pvc-provision", "pv-bind", "pvc-delete", "pv-delete"]),
     ],
 )
 def test_builtin_profiles(profile: str, names: list[str]) -> None:
@@ -244,3 +246,17 @@ def test_fuzz_stage_documents_only_raise_stage_error(edits: list[tuple[tuple[str
     assert len(stages) + len(errors) == 1
     for e in errors:
         assert isinstance(e, StageError) and "\n" not in str(e) and str(e).startswith('stage "s": ')
+
+
+def test_stage_controller_config_is_validated() -> None:
+    from shardlet.discovery import Resource
+    from shardlet.stagecontroller import StageControllerConfig
+
+    res = Resource("v1", "ConfigMap", "configmaps", True)
+    assert res.path("a", "ns", "status") == "/api/v1/namespaces/ns/configmaps/a/status"
+    assert Resource("kwok.x-k8s.io/v1alpha1", "Stage", "stages", False).path("s", "ignored") == \
+        "/apis/kwok.x-k8s.io/v1alpha1/stages/s"
+    with pytest.raises(ValueError, match=r"ConfigMap \(v1, configmaps\): concurrency must be >= 1"):
+        StageControllerConfig(res, "shard", concurrency=0)
+    with pytest.raises(ValueError, match="retry_after"):
+        StageControllerConfig(res, "shard", retry_after=-1)
