@@ -105,12 +105,11 @@ spec:
   resourceRef: {apiGroup: v1, kind: ConfigMap}
   selector:
     matchLabels: {e2e.shardlet.io/bad-apply: "yes"}
-  next:
-    steps:
-    - apply:
-        template: |
-          metadata:
-            name: no-kind-here
+  steps:
+  - apply:
+      template: |
+        metadata:
+          name: no-kind-here
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
