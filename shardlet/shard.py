@@ -166,8 +166,6 @@ class Shard:
         self._sync_tasks: set[asyncio.Task[None]] = set()
         self.kind_errors: dict[str, str] = {}      # "apiGroup/kind" -> why no controller plays it
         self.play_errors: dict[str, str] = {}      # stage -> its latest failure on some object
-        self._generic_funcs = {**self.base_funcs, "NodeIP": lambda: config.node_ip,
-                               "NodeName": lambda: config.node_name, "NodePort": lambda: config.node_port}
         self.node_watch: Reflector | None = None
         self.node_watch_task: asyncio.Task[None] | None = None
         self.my_buckets: frozenset[int] | None = buckets   # sharded: the buckets of this slice
@@ -182,6 +180,8 @@ class Shard:
         self.transitions = 0
         self.last_error = ""
         self.ready = asyncio.Event()
+        # other kinds get no node- or pod-specific functions: build their map once
+        self._generic_funcs = self._funcs("", {})
         self.resource_metrics = ResourceMetrics(
             config.name, lambda n: self.pods_by_node.get(n, ()), config.metric_files) if config.node_metrics else None
 
