@@ -208,3 +208,19 @@ class ReadyMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._t.join(10)
+
+
+def lease_holders(k: Kubectl) -> dict[str, str]:
+    """node -> holderIdentity of its Lease in kube-node-lease."""
+    return {i["metadata"]["name"]: i["spec"]["holderIdentity"]
+            for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
+
+
+def wait_reheld(k: Kubectl, owned: dict[str, int], timeout: float = 60) -> dict[str, str]:
+    """Wait until each shard holds as many Leases as it reports owning nodes: nodes a rebalance
+    moved are re-held by their new shard within a renewal interval, not at the moment it acks."""
+    def reheld() -> dict[str, str] | None:
+        h = lease_holders(k)
+        return h if {s: sum(1 for v in h.values() if v == s) for s in owned} == owned else None
+    out: dict[str, str] = poll(reheld, timeout, 1, "every lease held by the shard that owns its node")
+    return out

@@ -26,7 +26,7 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options
 from shardlet.scale import POD_PARAMS, pod_spec, scale_nodes
 
-from .conftest import Kubectl, ReadyMonitor, ShardletProcess, poll, prom_series
+from .conftest import Kubectl, ReadyMonitor, ShardletProcess, lease_holders, poll, prom_series, wait_reheld
 
 pytestmark = pytest.mark.e2e
 
@@ -110,10 +110,6 @@ def monitor(ray_run: Ray, coord_cluster: Cluster, ck: Kubectl, size: Size) -> It
     m.stop()
 
 
-def _holders(ck: Kubectl) -> dict[str, str]:
-    return {i["metadata"]["name"]: i["spec"]["holderIdentity"]
-            for i in ck.json("get", "leases", "-n", "kube-node-lease")["items"]}
-
 
 def _balanced(ray_run: Ray, nodes: int) -> dict[str, Any] | None:
     """The status once every node is owned and the coordinator has nothing left to rebalance."""
@@ -133,9 +129,7 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
     for c in counts:
         assert abs(c - size.nodes / SHARDS) <= 0.05 * size.nodes / SHARDS, counts
     # each lease is held by exactly the shard that reports owning it
-    holders = _holders(ck)
-    for s in shards:
-        assert sum(1 for h in holders.values() if h == s["shard"]) == s["nodes"]
+    wait_reheld(ck, {s["shard"]: s["nodes"] for s in shards})
     # slice-local: a shard decodes the events of its own slice, not of the cluster. Every watch
     # event is a successful write, so across the shards the slice watches can have decoded at most
     # as many events as the apiserver served writes on nodes and pods; were each shard watching
@@ -163,7 +157,7 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
 def test_node_metrics_answered_by_the_owning_shard(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl) -> None:
     names = sorted(n["metadata"]["name"] for n in ck.json("get", "nodes", "-l", "shardlet.x-k8s.io/scale=node")["items"])
     sample = names[:: max(1, len(names) // 16)]            # spread over every shard's slice
-    holders = _holders(ck)
+    holders = lease_holders(ck)
     assert len({holders[n] for n in sample}) == SHARDS
     for n in sample:
         with urllib.request.urlopen(f"{ray_run.url()}/metrics/nodes/{n}/metrics/resource", timeout=30) as r:
@@ -180,7 +174,7 @@ def test_node_metrics_answered_by_the_owning_shard(monitor: ReadyMonitor, ray_ru
 
 
 def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:
-    before = _holders(ck)
+    before = lease_holders(ck)
     res = ray_run.scale(5)
     assert res["shards"] == 5
     st = poll(lambda: (s := ray_run.status()) and len(s["shards"]) == 5 and all(x.get("epoch") == res["epoch"] for x in s["shards"])
@@ -189,7 +183,7 @@ def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMon
     owned = {x["shard"]: x["nodes"] for x in st["shards"]}
 
     def reheld() -> dict[str, str] | None:
-        h = _holders(ck)   # every lease held by the shard that now owns its node
+        h = lease_holders(ck)   # every lease held by the shard that now owns its node
         return h if {s: sum(1 for v in h.values() if v == s) for s in owned} == owned else None
     after = poll(reheld, 60, 1, "leases re-held by their new owners")
     moved = sum(1 for n in before if after.get(n) != before[n])

@@ -27,7 +27,7 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, free_port
 from shardlet.scale import scale_nodes
 
-from .conftest import ROOT, Kubectl, ReadyMonitor, poll
+from .conftest import ROOT, Kubectl, ReadyMonitor, lease_holders, poll, wait_reheld
 
 pytestmark = pytest.mark.e2e
 
@@ -108,9 +108,6 @@ def _status(c: Cluster) -> dict[str, Any] | None:
         return None
 
 
-def _holders(k: Kubectl) -> dict[str, str]:
-    return {i["metadata"]["name"]: i["spec"]["holderIdentity"] for i in k.json("get", "leases", "-n", "kube-node-lease")["items"]}
-
 
 def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, Any], rc_cluster: Cluster, size: Size) -> None:
     k = Kubectl(rc_cluster.kubeconfig)
@@ -133,12 +130,7 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
     assert len({x["ray_node"] for x in st["shards"]}) == 2, [x["ray_node"] for x in st["shards"]]
     epoch = st["coordinator"]["epoch"]
     owned = {x["shard"]: x["nodes"] for x in st["shards"]}
-
-    def reheld() -> dict[str, str] | None:
-        # nodes a rebalance moved are re-held by their new shard within a renewal interval
-        h = _holders(k)
-        return h if {s: sum(1 for v in h.values() if v == s) for s in owned} == owned else None
-    holders = poll(reheld, 60, 1, "every lease held by the shard that owns its node")
+    holders = wait_reheld(k, owned)
 
     # the coordinator dies; the detached shards keep every node Ready
     stop = subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job], capture_output=True,
@@ -159,7 +151,7 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
         st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all("nodes" in x for x in s["shards"])
                    and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 180, 1, "coordinator re-adopted shards")
         assert st2["coordinator"]["epoch"] == epoch
-        assert _holders(k) == holders
+        assert lease_holders(k) == holders
         assert not mon.not_ready
     finally:
         mon.stop()
