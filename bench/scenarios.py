@@ -389,7 +389,7 @@ async def scenario_ready(bench: Bench, sim: str, rep: int) -> list[dict[str, Any
 
 # -- 2. lease-hold capacity ------------------------------------------------------------------
 async def _skipped_so_far(env: Env, step: dict[str, Any]) -> None:
-    """Lease renewals of not-Ready nodes shardlet put off while it ran behind (shardlet.lease),
+    """Lease renewals of not-Ready nodes shardlet put off while it ran behind (shardlet.controllers.leases),
     counted from the simulator's start, after the ramp."""
     n = await shard_count(env, "lease_renewals_skipped_not_ready")
     if n is not None:

@@ -22,11 +22,10 @@ import signal
 import time
 from typing import Any
 
-import msgpack
 import structlog
 
 from coordinator.endpoint import Endpoint
-from coordinator.messages import Slice
+from coordinator.messages import Slice, unpack
 from shardlet import aio
 from shardlet.ownership import DEFAULT_BUCKETS, Table, balance
 
@@ -36,14 +35,15 @@ NAMESPACE = "shardlet"
 
 
 class Coordinator:
-    def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None,
+    def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type,
                  detached: bool, shard_cpus: float = 0.0, dead_after: float = 8.0,
                  rebalance_tolerance: float = 0.02, settle_rounds: int = 3) -> None:
         self.name = name
+        self.actor = actor     # the shard's actor face (shardlet.actor.ShardActor), handed in by the runner
         self.want = shards
         self.config = config
         # with bucket labels the table has one entry per label value; without, the default count
-        self.buckets = int(msgpack.unpackb(config).get("buckets") or 0) or DEFAULT_BUCKETS
+        self.buckets = int(unpack(config).get("buckets") or 0) or DEFAULT_BUCKETS
         self.kubeconfig_text = kubeconfig_text
         self.detached = detached
         self.shard_cpus = shard_cpus
@@ -65,9 +65,7 @@ class Coordinator:
     def _actor_cls(self) -> Any:
         import ray
 
-        from shardlet.actor import ShardActor
-
-        return ray.remote(ShardActor)
+        return ray.remote(self.actor)
 
     def _new_actor(self, sid: str) -> Any:
         import ray
@@ -76,7 +74,7 @@ class Coordinator:
         # round-robin over the live raylets (SPREAD alone packs 0-CPU actors on one node). Hard
         # affinity (soft fell back to the local node here): a shard whose node is gone is dropped
         # from the table by the monitor and its slice goes to the survivors
-        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
         strategy: Any = "SPREAD"
         if nodes:
             strategy = NodeAffinitySchedulingStrategy(nodes[int(sid.rsplit("-", 1)[1]) % len(nodes)], soft=False)
@@ -113,7 +111,7 @@ class Coordinator:
         statuses = {}
         for sid, a in found.items():
             try:
-                statuses[sid] = msgpack.unpackb(await asyncio.wait_for(a.status.remote(), 10))
+                statuses[sid] = unpack(await asyncio.wait_for(a.status.remote(), 10))
             except Exception:  # a dead one is replaced below
                 continue
         best = max(statuses.values(), key=lambda s: s.get("epoch", 0), default=None)
@@ -146,7 +144,7 @@ class Coordinator:
 
         async def one(sid: str) -> tuple[str, bool]:
             try:
-                ack = msgpack.unpackb(await asyncio.wait_for(self.actors[sid].assign.remote(msg), timeout))
+                ack = unpack(await asyncio.wait_for(self.actors[sid].assign.remote(msg), timeout))
                 return sid, bool(ack.get("ok"))
             except Exception as e:
                 log.warning("assign_failed", shard=sid, phase=phase, epoch=table.epoch, error=repr(e)[:200])
@@ -260,7 +258,7 @@ class Coordinator:
             """Refresh one shard's status; the error text once it has failed for dead_after."""
             a = self.actors[sid]
             try:
-                st = msgpack.unpackb(await asyncio.wait_for(a.status.remote(), 3))
+                st = unpack(await asyncio.wait_for(a.status.remote(), 3))
             except Exception as e:
                 since = self.failing_since.setdefault(sid, time.monotonic())
                 return repr(e) if time.monotonic() - since > self.dead_after else None
@@ -339,7 +337,7 @@ class Coordinator:
             if a is None:
                 continue
             try:
-                code, text = msgpack.unpackb(await asyncio.wait_for(a.node_metrics.remote(path), 10))
+                code, text = unpack(await asyncio.wait_for(a.node_metrics.remote(path), 10))
             except Exception as e:
                 last = (503, f"shard {sid}: {type(e).__name__}\n")
                 continue
@@ -351,7 +349,7 @@ class Coordinator:
     async def metric_targets(self) -> list[tuple[str, str]]:
         async def one(a: Any) -> list[tuple[str, str]]:
             try:
-                return [tuple(t) for t in msgpack.unpackb(await asyncio.wait_for(a.metric_targets.remote(), 10))]
+                return [tuple(t) for t in unpack(await asyncio.wait_for(a.metric_targets.remote(), 10))]
             except Exception:
                 return []
         parts = await asyncio.gather(*(one(self.actors[s]) for s in self.shards if s in self.actors))
@@ -395,17 +393,12 @@ async def serve(coord: Coordinator, status_port: int, release_leases: bool, stat
     await ep.stop()
 
 
-def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, ray_address: str | None,
+def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type, ray_address: str | None,
         status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0,
         status_addr: str = "127.0.0.1") -> int:
     import os
 
     import ray
-
-    # Import the shard's code now, before joining Ray: under `ray job submit` this driver runs out
-    # of the job's working_dir, which Ray may delete once it counts no worker using it (seen in CI:
-    # FileNotFoundError for shardlet/actor.py between ray.init and the first actor).
-    import shardlet.actor  # noqa: F401
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray_address and os.environ.get("RAY_ADDRESS"):
@@ -416,7 +409,7 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, r
         # address="local": always a private Ray, never one some `ray start` left on the host
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
                  object_store_memory=128 << 20, log_to_driver=True)
-    coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text,
+    coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text, actor=actor,
                         detached=bool(ray_address), shard_cpus=shard_cpus)
     try:
         aio.run(serve(coord, status_port, release_leases, status_addr))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from shardlet.ownership import Table
 
@@ -82,3 +82,14 @@ class Slice:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"'slice' message: {exc}") from exc
         return cls(fields["phase"], table)
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack bytes of plain data (dicts, lists, str, numbers): what actors and the coordinator
+    send each other besides the Slice."""
+    out: bytes = msgpack.packb(obj)
+    return out
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data)

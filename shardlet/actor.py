@@ -13,15 +13,13 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import structlog
 
-from coordinator.messages import Slice
+from coordinator.messages import Slice, pack, unpack
 from shardlet.api import Kube
-from shardlet.ownership import Table, bucket
+from shardlet.ownership import Ownership, Table
 from shardlet.shard import Shard, ShardConfig
 
 log = structlog.get_logger("shardlet.actor")
@@ -36,7 +34,7 @@ class ShardActor:
         heap.tune()
         logs.configure(os.environ.get("SHARDLET_LOG_LEVEL", "info"), os.environ.get("SHARDLET_LOG_FORMAT", "json"))
         self.id = shard_id              # its name on the ring
-        cfg = msgpack.unpackb(config)
+        cfg = unpack(config)
         cfg["name"] = holder            # lease holderIdentity, metrics label, log field
         cfg["profiles"] = tuple(cfg.get("profiles", ()))
         cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
@@ -57,35 +55,27 @@ class ShardActor:
         self.started_at = time.time()
         self._lock = asyncio.Lock()
 
-    def _slice(self, *tables: Table) -> tuple[Callable[[str], bool], frozenset[int]]:
-        """The buckets this shard owns under every table given (one, or old and new during a
-        release), and the node predicate for them."""
-        me = self.id
-        mine = frozenset.intersection(*(t.buckets_of(me) for t in tables))
-        nb = tables[0].buckets
-        return (lambda node: bucket(node, nb) in mine), mine
 
     async def assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
         new = s.table
         async with self._lock:
             if new.epoch < self.epoch or (new.epoch == self.epoch and s.phase == self.phase):
-                return msgpack.packb({"ok": new.epoch == self.epoch, "epoch": self.epoch, "shard": self.id})
+                return pack({"ok": new.epoch == self.epoch, "epoch": self.epoch, "shard": self.id})
             if self.shard is None:
                 # first assignment (or after a restart): serve the new slice straight away
-                pred, mine = self._slice(new) if s.phase == "acquire" else self._slice(new, self.table or new)
-                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, owned=pred, buckets=mine,
-                                   bucket_count=new.buckets)
+                own = Ownership.of(self.id, new) if s.phase == "acquire" else Ownership.of(self.id, new, self.table or new)
+                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, own)
                 await self.shard.start()
             else:
-                pred, mine = self._slice(self.table or new, new) if s.phase == "release" else self._slice(new)
-                await self.shard.set_owned(pred, mine)
+                own = Ownership.of(self.id, self.table or new, new) if s.phase == "release" else Ownership.of(self.id, new)
+                await self.shard.set_ownership(own)
             if s.phase == "acquire":
                 self.table = new
             self.epoch, self.phase = new.epoch, s.phase
-            log.info("slice_assigned", shard=self.id, epoch=new.epoch, phase=s.phase, buckets=len(mine),
+            log.info("slice_assigned", shard=self.id, epoch=new.epoch, phase=s.phase, buckets=len(own.mine),
                      nodes=self.shard.status()["nodes"])
-            return msgpack.packb({"ok": True, "epoch": self.epoch, "shard": self.id})
+            return pack({"ok": True, "epoch": self.epoch, "shard": self.id})
 
     async def status(self) -> bytes:
         st: dict[str, Any] = self.shard.status() if self.shard else {"shard": self.cfg.name, "nodes": 0, "pods": 0}
@@ -94,7 +84,7 @@ class ShardActor:
         st.update(epoch=self.epoch, phase=self.phase, pid=os.getpid(), started=self.shard is not None,
                   ray_node=ray.get_runtime_context().get_node_id(), up_since=self.started_at,
                   table={"shards": list(self.table.shards), "owners": list(self.table.owners)} if self.table else None)
-        return msgpack.packb(st)
+        return pack(st)
 
     async def metrics(self) -> bytes:
         from prometheus_client import generate_latest
@@ -103,10 +93,10 @@ class ShardActor:
 
     async def node_metrics(self, path: str) -> bytes:
         code, text = self.shard.node_metrics(path) if self.shard else (503, "shard not started\n")
-        return msgpack.packb([code, text])
+        return pack([code, text])
 
     async def metric_targets(self) -> bytes:
-        return msgpack.packb(self.shard.metric_targets() if self.shard else [])
+        return pack(self.shard.metric_targets() if self.shard else [])
 
     async def stop(self, release_leases: bool = False) -> bool:
         if self.shard is not None:

@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
 
@@ -51,7 +52,7 @@ class Credentials:
     token_file: str | None = None
     # the same trust without the client certificate, when `ssl` presents one: requests that
     # carry a bearer token go out over it (see Kube.use_token)
-    ssl_without_cert: ssl.SSLContext | bool | None = None
+    ssl_without_cert: SSLContext | bool | None = None
 
 
 def load_credentials(kubeconfig: str | None, context: str | None = None) -> Credentials:
@@ -61,9 +62,10 @@ def load_credentials(kubeconfig: str | None, context: str | None = None) -> Cred
     cfg = client.Configuration()
     token_file = None
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg)
     else:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     def trust() -> ssl.SSLContext | bool:
         if not cfg.verify_ssl:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import yaml
 
 from shardlet.errors import UserError
+from shardlet.target import add_target, positive_int, resolve_kubeconfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,42 +25,6 @@ Handler = Callable[[argparse.Namespace], int]
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return v
-
-
-def _add_target(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("which cluster")
-    g.add_argument("--name", default=os.environ.get("SHARDLET_CLUSTER", "shardlet"),
-                   help="local cluster started by 'shardlet cluster up' (default: %(default)s)")
-    g.add_argument("--kubeconfig", default=None,
-                   help="use this kubeconfig instead of a local cluster's")
-
-
-def resolve_kubeconfig(args: argparse.Namespace) -> str | None:
-    """The kubeconfig to use: --kubeconfig, else the named local cluster's, else in-cluster."""
-    if getattr(args, "kubeconfig", None):
-        path = Path(args.kubeconfig).expanduser()
-        if not path.is_file():
-            raise UserError(f"--kubeconfig {args.kubeconfig}: no such file")
-        return str(path)
-    from shardlet.controlplane.cluster import Cluster
-
-    c = Cluster(args.name)
-    if c.exists():
-        return str(c.kubeconfig)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return None  # in-cluster config
-    c.state()  # raises the unknown-cluster error with the known names
-    return None
 
 
 # -- cluster ---------------------------------------------------------------------------------
@@ -172,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("cluster", help="a local control plane (etcd, apiserver, controllers)")
     csub = cl.add_subparsers(dest="cluster_command", required=True, parser_class=_Parser, metavar="ACTION")
     up = csub.add_parser("up", help="start a named local cluster and print its kubeconfig path")
-    _add_target(up)
-    up.add_argument("--apiserver-port", type=_positive_int, default=0,
+    add_target(up)
+    up.add_argument("--apiserver-port", type=positive_int, default=0,
                     help="kube-apiserver port on 127.0.0.1 (default: a free port)")
     up.add_argument("--disable-qps-limits", action="store_true",
                     help="lift apiserver in-flight limits and controller QPS, like kwokctl's flag")
@@ -184,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-scheduler", action="store_true", help="do not start kube-scheduler")
     up.add_argument("--no-controller-manager", action="store_true",
                     help="do not start kube-controller-manager")
-    up.add_argument("--shards", type=_positive_int, default=1,
+    up.add_argument("--shards", type=positive_int, default=1,
                     help="start shardlet with this many shards against the cluster; 0: none (default: %(default)s)")
     up.add_argument("--profile", default="fast", help="built-in stage profile(s), comma separated: fast, general, chaos, heartbeat, volume")
-    up.add_argument("--lease-duration", type=_positive_int, default=40,
+    up.add_argument("--lease-duration", type=positive_int, default=40,
                     help="node lease duration in seconds; renewed every quarter (default: %(default)s)")
     up.add_argument("--node-metrics", action="store_true",
                     help="shardlet serves kwok's node resource metrics (/metrics/nodes/NODE/metrics/resource on "
@@ -195,16 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
     up.set_defaults(func=_cluster_up)
     down = csub.add_parser("down", help="stop every process of a local cluster and delete its files")
-    _add_target(down)
+    add_target(down)
     down.set_defaults(func=_cluster_down)
     ls = csub.add_parser("list", help="list local clusters")
     ls.set_defaults(func=_cluster_list)
     kc = csub.add_parser("kubeconfig", help="print the kubeconfig path of a local cluster")
-    _add_target(kc)
+    add_target(kc)
     kc.set_defaults(func=_cluster_kubeconfig)
 
     k = sub.add_parser("kubectl", help="run the pinned kubectl against a cluster: shardlet kubectl -- ARGS")
-    _add_target(k)
+    add_target(k)
     k.add_argument("args", nargs=argparse.REMAINDER, help="arguments for kubectl")
     k.set_defaults(func=_kubectl)
 

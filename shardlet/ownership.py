@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 
-__all__ = ["DEFAULT_BUCKETS", "Table", "balance", "bucket"]
+__all__ = ["DEFAULT_BUCKETS", "EVERYTHING", "Ownership", "Table", "balance", "bucket"]
 
 DEFAULT_BUCKETS = 1024
 
@@ -116,6 +116,53 @@ class Table:
             raise ValueError(f"tables of {self.buckets} and {other.buckets} buckets cannot be compared")
         return frozenset(b for b, (x, y) in enumerate(zip(self.owners, other.owners, strict=True))
                          if self.shards[x] != other.shards[y])
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What one shard plays, worked out in one place (the actor, from the coordinator's tables)
+    and handed to every controller, so no controller decides ownership on its own.
+
+    Unsharded (``count == 0``) a shard owns everything. Sharded, it owns the buckets ``mine`` of
+    a table of ``count`` buckets: a node by its name's bucket (what the bucket label carries,
+    so the node controller can watch its slice server-side), any other object by its uid's
+    bucket (uids never change and spread evenly, whatever the names)."""
+
+    count: int = 0
+    mine: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, shard: str, *tables: Table) -> Ownership:
+        """The buckets ``shard`` owns under every table given: one, or the old and the new one
+        while it releases (it keeps only what it owns under both)."""
+        if not tables:
+            raise ValueError("ownership needs at least one table")
+        return cls(tables[0].buckets, frozenset.intersection(*(t.buckets_of(shard) for t in tables)))
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 0
+
+    def node_bucket(self, name: str) -> int:
+        return bucket(name, self.count)
+
+    def owns_node(self, name: str) -> bool:
+        return not self.count or bucket(name, self.count) in self.mine
+
+    def owns_object(self, obj: Mapping[str, object]) -> bool:
+        if not self.count:
+            return True
+        meta = obj.get("metadata")
+        m = meta if isinstance(meta, Mapping) else {}
+        uid = m.get("uid") or f"{m.get('namespace') or ''}/{m.get('name')}"
+        return bucket(str(uid), self.count) in self.mine
+
+    def bucket_selector(self, label: str) -> str:
+        """A label selector for the nodes of this slice (an empty slice selects none)."""
+        return f"{label} in ({','.join(map(str, sorted(self.mine))) or 'none'})"
+
+
+EVERYTHING = Ownership()   # a shard run alone
 
 
 def balance(shards: Iterable[str], *, epoch: int, buckets: int = DEFAULT_BUCKETS, prev: Table | None = None,

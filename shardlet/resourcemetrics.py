@@ -150,7 +150,7 @@ class ResourceMetrics:
     def discovery(self, serves: Callable[[str], bool]) -> list[tuple[str, str]]:
         """(Metric name, path) of every scrape target here: one per served node for a path
         with {nodeName}, as kwok's /discovery/prometheus lists them."""
-        out = []
+        out: list[tuple[str, str]] = []
         for m in self.collector.metrics.values():
             if "{nodeName}" in m.path:
                 out.extend((m.name, m.path.replace("{nodeName}", n)) for n in sorted(self.nodes) if serves(n))

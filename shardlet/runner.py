@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from shardlet import aio, heap
+from shardlet.controllers.nodes import FAKE_ANNOTATION
 from shardlet.errors import UserError
-from shardlet.shard import FAKE_ANNOTATION, ShardConfig
+from shardlet.shard import ShardConfig
 
 if TYPE_CHECKING:
     from shardlet.controlplane.cluster import Cluster
@@ -33,12 +34,17 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node-label-selector", default="",
                    help="manage nodes matching this label selector (sent to the apiserver)")
     g = p.add_argument_group("behaviour")
-    g.add_argument("--profile", default="fast",
-                   help="built-in stage profiles, comma separated: fast, general, chaos, heartbeat, volume (default: %(default)s); "
+    g.add_argument("--profile", default=None,
+                   help="built-in stage profiles, comma separated: fast, general, chaos, heartbeat, volume (default: fast); "
                         "'none' for only --stage-file and Stage objects")
     g.add_argument("--stage-file", action="append", default=[],
-                   help="YAML file of Stage objects (repeatable); Stage objects in the cluster are also used")
-    g.add_argument("--no-stage-crd", action="store_true", help="do not watch Stage objects in the cluster")
+                   help="YAML file of Stage objects (repeatable); see --stages-from")
+    g.add_argument("--stages-from", choices=["both", "config", "cluster"], default="both",
+                   help="which Stages are played: 'config' only --profile and --stage-file (kwok with Stages in "
+                        "--config); 'cluster' exactly the Stage objects in the cluster, no profile (kwok with "
+                        "--enable-crds=Stage); 'both' the command line's, where a Stage object of the same name "
+                        "replaces one and others are added (default: %(default)s)")
+    g.add_argument("--no-stage-crd", action="store_true", help="the same as --stages-from config")
     g.add_argument("--lease-duration", type=int, default=40,
                    help="node lease duration in seconds, renewed every quarter; 0: no leases (default: %(default)s)")
     g.add_argument("--cidr", default="10.0.0.0/24", help="pod CIDR for nodes without spec.podCIDR (default: %(default)s)")
@@ -82,7 +88,18 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
 
 
 def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardConfig:
-    profiles = tuple(p.strip() for p in args.profile.split(",") if p.strip() and p.strip() != "none")
+    stages_from = "config" if args.no_stage_crd else args.stages_from
+    if args.no_stage_crd and args.stages_from == "cluster":
+        raise UserError("--no-stage-crd and --stages-from cluster: choose one")
+    if stages_from == "cluster":
+        # kwok refuses Stages from its --config and the Stage CRD at once; so does this choice
+        if args.stage_file or args.profile is not None:
+            flag = f"--stage-file {args.stage_file[0]}" if args.stage_file else f"--profile {args.profile}"
+            raise UserError(f"{flag}: not played with --stages-from cluster (use --stages-from both)")
+        profile = ""
+    else:
+        profile = "fast" if args.profile is None else args.profile
+    profiles = tuple(p.strip() for p in profile.split(",") if p.strip() and p.strip() != "none")
     for flag, files in (("--stage-file", args.stage_file), ("--metric-file", args.metric_file)):
         for f in files:
             if not Path(f).is_file():
@@ -94,7 +111,7 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         name=name, manage_all_nodes=args.manage_all_nodes,
         node_annotation_selector=args.node_annotation_selector,
         node_label_selector=args.node_label_selector, lease_duration=args.lease_duration,
-        profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=not args.no_stage_crd,
+        profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=stages_from != "config",
         cidr=args.cidr, node_ip=args.node_ip, node_port=args.node_port,
         stage_concurrency=args.concurrency,
         pod_watch=args.pod_watch or ("node" if sharded else "cluster"),
@@ -159,7 +176,7 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shardlet.cli import resolve_kubeconfig
+    from shardlet.target import resolve_kubeconfig
 
     kubeconfig = resolve_kubeconfig(args)
     if args.shards < 1:
@@ -172,23 +189,27 @@ def _run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise UserError(f"run: {e}") from None
         return 0
-    import msgpack
-
     from coordinator import driver
+    from coordinator.messages import pack
+
+    # The shard's code is imported here, before joining Ray: under `ray job submit` this driver
+    # runs out of the job's working_dir, which Ray may delete once it counts no worker using it
+    # (seen in CI: FileNotFoundError for shardlet/actor.py between ray.init and the first actor).
+    from shardlet.actor import ShardActor
     from shardlet.api import inline_kubeconfig
 
     cfg = config_to_dict(shard_config(args))
-    return driver.run(name=args.name, shards=args.shards, config=msgpack.packb(cfg),
-                      kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None,
+    return driver.run(name=args.name, shards=args.shards, config=pack(cfg),
+                      kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None, actor=ShardActor,
                       ray_address=args.ray_address, status_port=args.status_port, status_addr=args.status_addr,
                       release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus)
 
 
 def register_cli(sub: Any) -> None:
     p = sub.add_parser("run", help="play kubelet for a cluster's fake nodes until stopped (SIGTERM)")
-    from shardlet.cli import _add_target
+    from shardlet.target import add_target
 
-    _add_target(p)
+    add_target(p)
     add_shard_flags(p)
     p.set_defaults(func=_run)
 

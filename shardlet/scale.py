@@ -319,7 +319,8 @@ async def scale_pods(kube: Kube, replicas: int, *, namespace: str = "default", n
                     await kube.create(path_for("Deployment", namespace=namespace), dep)
             if wait:
                 deadline = time.monotonic() + timeout
-                done = (lambda: len(running) >= replicas and len(seen) == replicas) if replicas else (lambda: not seen)
+                done: Callable[[], bool] = ((lambda: len(running) >= replicas and len(seen) == replicas)
+                                            if replicas else (lambda: not seen))
                 while not done():
                     if time.monotonic() > deadline:
                         raise UserError(f"scale pod: {len(running)}/{replicas} pods Running, {len(seen)} exist, "
@@ -331,7 +332,7 @@ async def scale_pods(kube: Kube, replicas: int, *, namespace: str = "default", n
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from shardlet.cli import resolve_kubeconfig
+    from shardlet.target import resolve_kubeconfig
 
     kubeconfig = resolve_kubeconfig(args)
 
@@ -356,12 +357,12 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any) -> None:
-    from shardlet.cli import _add_target, _positive_int
+    from shardlet.target import add_target, positive_int
 
     p = sub.add_parser("scale", help="create or delete fake nodes or pods, like kwokctl scale")
     p.add_argument("kind", choices=["node", "pod"], help="what to scale")
-    p.add_argument("--replicas", type=_positive_int, required=True, help="how many should exist afterwards")
-    _add_target(p)
+    p.add_argument("--replicas", type=positive_int, required=True, help="how many should exist afterwards")
+    add_target(p)
     p.add_argument("-n", "--namespace", default="default", help="namespace for pods (default: %(default)s)")
     p.add_argument("--prefix", default=None, help="node name prefix (default: node) or Deployment name "
                    "(default: shardlet-pods)")

@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import structlog
@@ -60,6 +60,50 @@ class Reflector:
         self.synced = asyncio.Event()
         self.lists = 0
         self.events = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the list-then-watch loop as a task of its own (``stop`` ends it)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run())
+
+    def cancel(self) -> None:
+        """Stop without waiting for the task to finish (from a synchronous handler)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def stop(self) -> None:
+        t, self._task = self._task, None
+        if t is not None:
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+
+    async def reselect(self, label_selector: str | None) -> None:
+        """Watch another selection: list it afresh (objects no longer selected are reported as
+        DELETED) and watch on. A re-selection is not counted as a relist."""
+        await self.stop()
+        if label_selector:
+            self.params["labelSelector"] = label_selector
+        else:
+            self.params.pop("labelSelector", None)
+        self.synced.clear()
+        self.lists = 0
+        self.start()
+        await self.synced.wait()
+
+    async def replay(self) -> None:
+        """Hand every object to the handler again (after a change of what the handler keeps)."""
+        await self.stop()
+        self.known.clear()
+        self.synced.clear()
+        self.start()
+        await self.synced.wait()
+
+    def expect(self, key: str, resource_version: str) -> None:
+        """Our own write made this version of the object: its watch event is no news, skip it."""
+        self.known[key] = resource_version
 
     async def run(self) -> None:
         backoff = 0.8
@@ -91,7 +135,7 @@ class Reflector:
                 backoff = await _sleep_backoff(_fresh(backoff, started))
 
     async def _list(self) -> None:
-        items, rv = await self.kube.list_all(self.path, **self.params)
+        items, rv = await self.kube.list_all(self.path, **cast(dict[str, Any], self.params))
         self.lists += 1
         if self.lists > 1 and self.on_relist is not None:
             self.on_relist()

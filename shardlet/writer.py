@@ -48,26 +48,31 @@ class Writer:
             steps = ([actions.event] if actions.event is not None else []) + list(actions.patches)
             if actions.delete:
                 steps.append(Delete())
-        kube = self.kube
         result: dict[str, Any] | None = obj
         for step in steps:
             if isinstance(step, Event):
                 await self.event(res, obj, step)
             elif isinstance(step, Patch):
-                path = res.path(name, ns, step.subresource or "")
-                result = await kube.retrying(
-                    lambda path=path, step=step: kube.patch(path, step.body, step.type, step.impersonation),
-                    what=f"patch {res.kind} {name}")
+                result = await self._patch(res.path(name, ns, step.subresource or ""), step, f"patch {res.kind} {name}")
             elif isinstance(step, Apply):
                 await self._apply(step, ns, stage)
             elif isinstance(step, Delete):
                 body: dict[str, Any] = {"gracePeriodSeconds": 0}
                 if meta.get("uid"):
                     body["preconditions"] = {"uid": meta["uid"]}
-                await kube.retrying(lambda body=body: kube.delete(res.path(name, ns), body),
-                                    what=f"delete {res.kind} {name}")
+                await self._delete(res.path(name, ns), body, f"delete {res.kind} {name}")
                 result = None
         return result
+
+    async def _patch(self, path: str, step: Patch, what: str) -> dict[str, Any]:
+        kube = self.kube
+        out: dict[str, Any] = await kube.retrying(
+            lambda: kube.patch(path, step.body, step.type, step.impersonation), what=what)
+        return out
+
+    async def _delete(self, path: str, body: dict[str, Any], what: str) -> None:
+        kube = self.kube
+        await kube.retrying(lambda: kube.delete(path, body), what=what)
 
     async def _apply(self, step: Apply, source_ns: str, stage: str) -> dict[str, Any]:
         body = step.body
@@ -87,17 +92,21 @@ class Writer:
         name = str(meta.get("name") or "")
         params = {"fieldManager": FIELD_MANAGER, "force": "true"} if step.type == "apply" else {}
         kube, who = self.kube, step.impersonation
+        out: dict[str, Any]
         if step.subresource:
-            return await kube.retrying(
+            out = await kube.retrying(
                 lambda: kube.patch(res.path(name, ns, step.subresource or ""), body, step.type, who, **params),
                 what=f"apply {res.kind} {name}")
+            return out
         try:
-            return await kube.retrying(lambda: kube.create(res.path("", ns), body, who), what=f"create {res.kind} {name}")
+            out = await kube.retrying(lambda: kube.create(res.path("", ns), body, who), what=f"create {res.kind} {name}")
+            return out
         except ApiError as e:
             if e.status != 409 or not name:
                 raise
-        return await kube.retrying(lambda: kube.patch(res.path(name, ns), body, step.type, who, **params),
-                                   what=f"apply {res.kind} {name}")
+        out = await kube.retrying(lambda: kube.patch(res.path(name, ns), body, step.type, who, **params),
+                                  what=f"apply {res.kind} {name}")
+        return out
 
     async def ensure(self, body: dict[str, Any]) -> None:
         """Create ``body`` unless an object of its name exists (a stage set's StorageClass)."""

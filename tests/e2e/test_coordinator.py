@@ -13,6 +13,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,12 @@ class Size:
     nodes: int
     pods: int
     hold: float
+    configmaps: int
 
 
 # CI runs the small case; `./dev slow` (-m slow) runs the issue's full size through the same code
-@pytest.fixture(scope="module", params=[pytest.param(Size(400, 400, 60), id="ci"),
-                                        pytest.param(Size(2000, 2000, 180), id="full", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=[pytest.param(Size(400, 400, 60, 1000), id="ci"),
+                                        pytest.param(Size(2000, 2000, 180, 2000), id="full", marks=pytest.mark.slow)])
 def size(request: pytest.FixtureRequest) -> Size:
     out: Size = request.param
     return out
@@ -173,6 +175,62 @@ def test_node_metrics_answered_by_the_owning_shard(monitor: ReadyMonitor, ray_ru
     assert sorted(paths) == sorted(f"/metrics/nodes/{n}/metrics/resource" for n in names)
 
 
+# -- a generic Stage over ConfigMaps: every object played by exactly one shard -------------------
+CM_NS = "coord-cms"
+PLAYED = "e2e.shardlet.io/played"
+CM_STAGE = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "configmap-played"},
+    "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"},
+             "selector": {"matchLabels": {"e2e.shardlet.io/play": "yes"},
+                          "matchExpressions": [{"key": f'.metadata.annotations["{PLAYED}"]', "operator": "DoesNotExist"}]},
+             # one Event per play, from the shard that played it (source.host): the writes counted
+             "next": {"event": {"type": "Normal", "reason": "Played", "message": "played"},
+                      "patches": [{"type": "merge", "template": f'metadata: {{annotations: {{"{PLAYED}": "yes"}}}}'}]}},
+}
+
+
+def _plays(ck: Kubectl) -> dict[str, list[str]]:
+    """ConfigMap uid -> the shard of each play, oldest first."""
+    events = ck.json("get", "events", "-n", CM_NS, "--field-selector", "reason=Played")["items"]
+    out: dict[str, list[str]] = {}
+    for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"]):
+        out.setdefault(e["involvedObject"]["uid"], []).append(e["source"]["host"])
+    return out
+
+
+def _all_played(ck: Kubectl, n: int, rounds: int) -> dict[str, list[str]] | None:
+    items = ck.json("get", "configmaps", "-n", CM_NS, "-l", "e2e.shardlet.io/play=yes")["items"]
+    if len(items) != n or not all(PLAYED in (i["metadata"].get("annotations") or {}) for i in items):
+        return None
+    plays = _plays(ck)
+    return plays if len(plays) == n and all(len(v) >= rounds for v in plays.values()) else None
+
+
+@pytest.fixture(scope="module")
+def cm_owner() -> dict[str, str]:
+    """uid -> the shard that played it with 4 shards (filled by the first ConfigMap test)."""
+    return {}
+
+
+def test_configmaps_under_a_generic_stage_played_once_each_spread_over_shards(
+        monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size, cm_owner: dict[str, str]) -> None:
+    ck.apply(yaml.safe_dump(CM_STAGE))
+    ck.run("create", "namespace", CM_NS)
+    cms = [{"apiVersion": "v1", "kind": "ConfigMap", "data": {"i": str(i)},
+            "metadata": {"name": f"cm-{i}", "namespace": CM_NS, "labels": {"e2e.shardlet.io/play": "yes"}}}
+           for i in range(size.configmaps)]
+    ck.run("create", "-f", "-", input=yaml.safe_dump_all(cms))
+    plays = poll(lambda: _all_played(ck, size.configmaps, 1), 180, 2, f"{size.configmaps} ConfigMaps played")
+    twice = {u: v for u, v in plays.items() if len(v) != 1}
+    assert not twice, f"{len(twice)} ConfigMaps played more than once: {list(twice.items())[:5]}"
+    per = Counter(v[0] for v in plays.values())
+    print("ConfigMaps played per shard:", sorted(per.values()))
+    assert len(per) == SHARDS, per
+    for c in per.values():
+        assert abs(c - size.configmaps / SHARDS) <= 0.20 * size.configmaps / SHARDS, per
+    cm_owner.update({u: v[0] for u, v in plays.items()})
+
+
 def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMonitor, ray_run: Ray, ck: Kubectl, size: Size) -> None:
     before = lease_holders(ck)
     res = ray_run.scale(5)
@@ -180,18 +238,27 @@ def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMon
     st = poll(lambda: (s := ray_run.status()) and len(s["shards"]) == 5 and all(x.get("epoch") == res["epoch"] for x in s["shards"])
               and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 60, 1, "5 shards own all nodes at the new epoch")
     assert st["coordinator"]["epoch"] == res["epoch"]
-    owned = {x["shard"]: x["nodes"] for x in st["shards"]}
-
-    def reheld() -> dict[str, str] | None:
-        h = lease_holders(ck)   # every lease held by the shard that now owns its node
-        return h if {s: sum(1 for v in h.values() if v == s) for s in owned} == owned else None
-    after = poll(reheld, 60, 1, "leases re-held by their new owners")
+    after = wait_reheld(ck, {x["shard"]: x["nodes"] for x in st["shards"]})
     moved = sum(1 for n in before if after.get(n) != before[n])
     print(f"scale 4->5: {moved}/{len(before)} nodes moved ({moved / len(before):.1%}), handoff {res['seconds']:.2f}s")
     assert 0.18 * len(before) <= moved <= 0.22 * len(before)
     counts = [x["nodes"] for x in st["shards"]]
     assert all(abs(c - size.nodes / 5) <= 0.05 * size.nodes / 5 for c in counts), counts
     monitor.hold(size.hold)
+
+
+def test_after_4_to_5_each_configmap_is_played_once_by_its_new_owner(
+        ray_run: Ray, ck: Kubectl, size: Size, cm_owner: dict[str, str]) -> None:
+    assert len(cm_owner) == size.configmaps, "the 4-shard ConfigMap test did not run"
+    assert len(ray_run.status()["shards"]) == 5
+    ck.run("annotate", "configmaps", "-n", CM_NS, "--all", f"{PLAYED}-")   # every one due again
+    plays = poll(lambda: _all_played(ck, size.configmaps, 2), 180, 2, "every ConfigMap played again")
+    wrong = {u: v for u, v in plays.items() if len(v) != 2}
+    assert not wrong, f"{len(wrong)} ConfigMaps not played exactly twice: {list(wrong.items())[:5]}"
+    moved = sum(1 for u, v in plays.items() if v[1] != cm_owner[u])
+    print(f"scale 4->5: {moved}/{size.configmaps} ConfigMaps played by another shard ({moved / size.configmaps:.1%})")
+    assert 0.15 * size.configmaps <= moved <= 0.25 * size.configmaps
+    assert len({v[1] for v in plays.values()}) == 5
 
 
 def _pods(ck: Kubectl, ns: str) -> dict[str, tuple[str, str]]:

@@ -11,9 +11,9 @@ import orjson
 
 from bench.leaseproto import CONTENT_TYPE, decode_lease, decode_status, encode_lease
 from shardlet.api import load_credentials
+from shardlet.controllers.leases import micro_time
 from shardlet.controlplane.cluster import Cluster
 from shardlet.httpclient import HttpPool
-from shardlet.lease import micro_time
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 JSON = {"Accept": "application/json", "Content-Type": "application/json"}

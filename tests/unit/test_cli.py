@@ -87,6 +87,29 @@ def test_config_file_sets_flags_and_flags_win(tmp_path: Path) -> None:
     assert args.profile == "fast"
 
 
+def test_stages_from_says_which_stages_play() -> None:
+    """kwok plays its --config stages or the Stage CRD; shardlet's default plays both (a Stage
+    object replaces a command-line Stage of its name), and either alone is one flag away."""
+    from shardlet.errors import UserError
+    from shardlet.runner import shard_config
+
+    cli._load_extensions()
+    parser = cli.build_parser()
+
+    def cfg(*flags: str) -> tuple[tuple[str, ...], bool]:
+        c = shard_config(parser.parse_args(["run", *flags]))
+        return c.profiles, c.watch_stages
+    assert cfg() == (("fast",), True)
+    assert cfg("--profile", "general,volume") == (("general", "volume"), True)
+    assert cfg("--stages-from", "config") == (("fast",), False)
+    assert cfg("--no-stage-crd") == (("fast",), False)
+    assert cfg("--stages-from", "cluster") == ((), True)
+    for bad, word in ((["--profile", "fast"], "--profile fast"), (["--stage-file", __file__], "--stage-file"),
+                      (["--no-stage-crd"], "--no-stage-crd")):
+        with pytest.raises(UserError, match=word):
+            shard_config(parser.parse_args(["run", "--stages-from", "cluster", *bad]))
+
+
 def test_bad_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("a: [unclosed")

@@ -8,12 +8,12 @@ import statistics
 from collections.abc import Callable
 from typing import Any, cast
 
-from shardlet.lease import LeaseRenewer
+from shardlet.controllers.leases import LeaseController, LeaseControllerConfig
 
 
-def renewer(duration: int = 40) -> LeaseRenewer:
+def renewer(duration: int = 40) -> LeaseController:
     kube: Any = None   # _next_delay never talks to the apiserver
-    return LeaseRenewer(kube, "holder", duration=duration)
+    return LeaseController(kube, LeaseControllerConfig("holder", duration=duration))
 
 
 def test_success_renews_on_the_kubelets_cadence() -> None:
@@ -85,7 +85,7 @@ async def _until(cond: Callable[[], bool]) -> None:
 
 async def test_renewals_on_time_stay_within_the_calm_limit_and_late_ones_go_past_it() -> None:
     kube = _HeldKube()
-    r = LeaseRenewer(cast(Any, kube), "holder", duration=4, concurrency=8, calm=2)   # 1 s interval
+    r = LeaseController(cast(Any, kube), LeaseControllerConfig("holder", duration=4, concurrency=8, calm=2))   # 1 s interval
     assert r.urgent_after == 1.0
     for i in range(6):
         r.add(f"n{i}", f"uid{i}")
@@ -108,5 +108,5 @@ async def test_renewals_on_time_stay_within_the_calm_limit_and_late_ones_go_past
 def test_no_calm_limit_when_it_is_not_below_the_concurrency() -> None:
     assert renewer(40)._calm is not None
     kube: Any = None
-    assert LeaseRenewer(kube, "holder", concurrency=16, calm=16)._calm is None
-    assert LeaseRenewer(kube, "holder", calm=0)._calm is None
+    assert LeaseController(kube, LeaseControllerConfig("holder", concurrency=16, calm=16))._calm is None
+    assert LeaseController(kube, LeaseControllerConfig("holder", calm=0))._calm is None

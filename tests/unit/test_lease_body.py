@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 
 from shardlet.api import ApiError
-from shardlet.lease import LeaseRenewer, lean, resource_version
+from shardlet.controllers.leases import LeaseController, LeaseControllerConfig, lean, resource_version
 
 # as kube-apiserver v1.36 writes a Lease (compact JSON, ObjectMeta in its Go field order)
 ANSWER = (b'{"kind":"Lease","apiVersion":"coordination.k8s.io/v1","metadata":{"name":"n1",'
@@ -69,7 +69,7 @@ class _Apiserver:
 
 async def test_renewals_send_no_managed_fields_and_carry_the_answers_resource_version() -> None:
     api = _Apiserver()
-    r = LeaseRenewer(cast(Any, api), "h")
+    r = LeaseController(cast(Any, api), LeaseControllerConfig("h"))
     r.uids["n1"] = "nu"
     await r._renew_once("n1")            # adopts the existing lease (409 on create, GET, PUT)
     await r._renew_once("n1")
@@ -88,7 +88,7 @@ async def test_renewals_send_no_managed_fields_and_carry_the_answers_resource_ve
 
 def test_a_free_calm_slot_is_taken_without_waiting() -> None:
     async def go() -> tuple[bool, bool]:
-        r = LeaseRenewer(cast(Any, None), "h", concurrency=4, calm=1)
+        r = LeaseController(cast(Any, None), LeaseControllerConfig("h", concurrency=4, calm=1))
         first = await r._calm_slot(due=0.0)       # long past due, but a slot is free
         second = await asyncio.wait_for(r._calm_slot(due=0.0), 1)   # none free and urgent: goes at once
         return first, second

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from shardlet.lease import LeaseRenewer
+from shardlet.controllers.leases import LeaseController, LeaseControllerConfig
 
 
 class _Kube:
@@ -21,9 +21,9 @@ class _Kube:
         return body
 
 
-def _renewer(lag: float) -> tuple[LeaseRenewer, _Kube]:
+def _renewer(lag: float) -> tuple[LeaseController, _Kube]:
     kube = _Kube()
-    r = LeaseRenewer(kube, "holder", duration=40)  # type: ignore[arg-type]
+    r = LeaseController(kube, LeaseControllerConfig("holder", duration=40))  # type: ignore[arg-type]
     r.queue.backlog_age = lambda: lag  # type: ignore[method-assign]
     for n in ("ready", "new"):
         r.add(n, f"uid-{n}")
@@ -31,7 +31,7 @@ def _renewer(lag: float) -> tuple[LeaseRenewer, _Kube]:
     return r, kube
 
 
-def _due_in(r: LeaseRenewer, node: str) -> float:
+def _due_in(r: LeaseController, node: str) -> float:
     due = min(d for d, seq, k in r.queue._heap if k == node and r.queue._pending[k][0] == seq)
     return due - time.monotonic()
 
@@ -73,4 +73,4 @@ def test_a_removed_node_leaves_no_readiness_behind() -> None:
 
 
 def r_interval() -> float:
-    return LeaseRenewer(None, "h", duration=40).urgent_after  # type: ignore[arg-type]
+    return LeaseController(None, LeaseControllerConfig("h", duration=40)).urgent_after  # type: ignore[arg-type]

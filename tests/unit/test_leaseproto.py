@@ -12,7 +12,7 @@ import pytest
 
 from bench.leaseproto import MAGIC, ProtobufError, decode_lease, decode_status, encode_lease, unwrap
 from bench.writer import parse_level
-from shardlet.lease import micro_time
+from shardlet.controllers.leases import micro_time
 
 FULL = {
     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

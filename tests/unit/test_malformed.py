@@ -12,7 +12,7 @@ Over a thousand malformed inputs (hypothesis examples, counted per test below):
 - nodes with an invalid podCIDR (100): IPAMError naming the CIDR, and the other pools unharmed;
 - pods with odd fields (100) planned and rendered by the fast profile: StageError or IPAMError
   only, the two a stage job catches;
-- the shard's event handlers (`_on_node`, `_on_pod`, `_on_stage`) fed malformed dicts (about 150)
+- the shard's event handlers (the Node, Pod and Stage-source handlers) fed malformed dicts (about 150)
   through the Reflector's dispatch, with a Kube that fails any request: each is skipped and
   logged, never raised, and well-formed objects around them are served as usual.
 """
@@ -33,9 +33,9 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shardlet import shard as shard_mod
 from shardlet import watch as watch_mod
 from shardlet.api import ApiError
+from shardlet.controllers import stagesource as stagesource_mod
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 from shardlet.shard import Shard, ShardConfig
@@ -352,12 +352,23 @@ def test_kwok_stage_yamls_mutated_are_rejected_naming_the_field(data: st.DataObj
     _render(shard, good[1])
 
 
+def _funcs(shard: Shard, kind: str, obj: dict[str, Any]) -> Any:
+    """The template functions the controller of ``kind`` hands the engine for ``obj``."""
+    if kind == "Pod":
+        return shard.pods.funcs(obj)
+    return shard.nodes.player.funcs(obj) if kind == "Node" else shard.funcs
+
+
+def _pending(shard: Shard, kind: str, key: str) -> tuple[Stage, dict[str, Any]] | None:
+    return (shard.pods if kind == "Pod" else shard.nodes).player.pending(key)
+
+
 def _render(shard: Shard, stage: Stage) -> None:
     obj = _sample(stage.kind)
     engine = StageEngine([stage])
     try:
         engine.plan(stage.kind, obj, NOW)
-        engine.actions(stage, obj, shard._funcs(stage.kind, obj))
+        engine.actions(stage, obj, _funcs(shard, stage.kind, obj))
     except (StageError, IPAMError):
         pass
 
@@ -482,19 +493,19 @@ def _mutants(base: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 @given(rng=st.randoms(use_true_random=False))
 def test_odd_pods_plan_and_render_with_stage_or_ipam_errors_only(rng: random.Random, shard: Shard) -> None:
     """An odd pod goes through the pod handler (which may skip it); the stage job it gets, if
-    any, renders or fails with StageError / IPAMError: what Shard._play catches and logs."""
+    any, renders or fails with StageError / IPAMError: what the stage player catches and logs."""
     pod = _pod()
     pod["metadata"]["annotations"] = {"pod-ready.stage.kwok.x-k8s.io/delay": "1s"}
     pod["status"] = {"phase": "Pending", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}
     odd = _mutants(pod, rng)
-    pods = Reflector(shard.kube, "/api/v1/pods", shard._on_pod, name="pods")
-    key = ("Pod", obj_key(odd))
-    shard.queue.cancel(key)
+    pods = Reflector(shard.kube, "/api/v1/pods", shard.pods.on_pod, name="pods")
+    key = obj_key(odd)
+    shard.pods.player.cancel(key)
     pods._dispatch("ADDED", odd)   # never raises
-    job = shard.queue.pending(key)
+    job = _pending(shard, "Pod", key)
     try:
-        if job is not None and job.stage is not None:
-            shard.engine.actions(job.stage, job.obj, shard._funcs("Pod", job.obj))
+        if job is not None:
+            shard.stages.engine.actions(job[0], job[1], _funcs(shard, "Pod", job[1]))
     except (StageError, IPAMError):
         pass
     finally:
@@ -537,7 +548,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def shard() -> Shard:
     s = Shard(DeadKube(), ShardConfig(watch_stages=False))   # type: ignore[arg-type]
-    s._on_node("ADDED", _node())
+    s.nodes.on_node("ADDED", _node())
     return s
 
 
@@ -591,18 +602,18 @@ def _stage_mutants(rng: random.Random, n: int) -> list[Any]:
 
 
 def _served(s: Shard) -> tuple[set[str], set[str]]:
-    return {n for n in s.nodes if s.serves(n)}, set(s.pods)
+    return set(s.nodes.served), set(s.pods.pods)
 
 
 async def test_handlers_skip_and_log_malformed_objects(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder()
     monkeypatch.setattr(watch_mod, "log", rec)
-    monkeypatch.setattr(shard_mod, "log", rec)
+    monkeypatch.setattr(stagesource_mod, "log", rec)
     kube = DeadKube()
     s = Shard(kube, ShardConfig(watch_stages=True))   # type: ignore[arg-type]
-    nodes = Reflector(kube, "/api/v1/nodes", s._on_node, name="nodes")         # type: ignore[arg-type]
-    pods = Reflector(kube, "/api/v1/pods", s._on_pod, name="pods")             # type: ignore[arg-type]
-    stages = Reflector(kube, "/apis/kwok.x-k8s.io/v1alpha1/stages", s._on_stage, name="stages")  # type: ignore[arg-type]
+    nodes = Reflector(kube, "/api/v1/nodes", s.nodes.on_node, name="nodes")         # type: ignore[arg-type]
+    pods = Reflector(kube, "/api/v1/pods", s.pods.on_pod, name="pods")             # type: ignore[arg-type]
+    stages = Reflector(kube, "/apis/kwok.x-k8s.io/v1alpha1/stages", s.stages.on_stage, name="stages")  # type: ignore[arg-type]
     rng = random.Random(7)
 
     # well-formed objects first: this is what the junk must leave alone
@@ -622,7 +633,7 @@ async def test_handlers_skip_and_log_malformed_objects(monkeypatch: pytest.Monke
     errors = s.status()["stage_errors"]
     assert sum('stage "s-' in e for e in errors) >= 10, errors
     assert all(_field(e) for e in errors), errors
-    assert {"crd-good", *(st.name for st in load_profile("fast"))} <= {st.name for st in s.engine.stages}
+    assert {"crd-good", *(st.name for st in load_profile("fast"))} <= {st.name for st in s.stages.engine.stages}
     for _, refl, obj in junk:
         refl._dispatch("DELETED", obj)
 
@@ -636,40 +647,40 @@ async def test_handlers_skip_and_log_malformed_objects(monkeypatch: pytest.Monke
     # the junk left the well-formed objects served and added nothing that is not a node name
     nodes_now, pods_now = _served(s)
     assert want_nodes <= nodes_now and want_pods <= pods_now
-    assert all(isinstance(n, str) for n in s.nodes), [n for n in s.nodes if not isinstance(n, str)]
+    assert all(isinstance(n, str) for n in s.nodes.nodes), [n for n in s.nodes.nodes if not isinstance(n, str)]
     assert all(isinstance(n, str) for n in s.leases.uids)
-    assert "crd-good" in {st.name for st in s.engine.stages}
+    assert "crd-good" in {st.name for st in s.stages.engine.stages}
     # a node or pod that comes well-formed after all of it is served as usual
     nodes._dispatch("ADDED", _node("good-1", 1))
     pods._dispatch("ADDED", _pod("good-q", "good-1"))
-    assert s.serves("good-1") and "default/good-q" in s.pods
-    assert s.queue.pending(("Pod", "default/good-q")) is not None
-    assert s.queue.pending(("Node", "good-1")) is not None
+    assert s.nodes.serves("good-1") and "default/good-q" in s.pods.pods
+    assert _pending(s, "Pod", "default/good-q") is not None
+    assert _pending(s, "Node", "good-1") is not None
     # and nothing above went to the apiserver
     assert kube.calls == []
 
 
 async def test_stage_jobs_of_malformed_objects_fail_with_stage_or_ipam_errors(shard: Shard) -> None:
-    """What a stage job (Shard._play) renders for odd nodes and pods fails with the two errors
+    """What a stage job (StagePlayer._play) renders for odd nodes and pods fails with the two errors
     it catches and logs, never another."""
     node = _node("cidr-bad", 3)
     node["spec"].update(podCIDR="garbage", podCIDRs=["garbage"])
-    shard._on_node("ADDED", node)
+    shard.nodes.on_node("ADDED", node)
     pod = _pod("on-bad-cidr", "cidr-bad")
-    shard._on_pod("ADDED", pod)
-    job = shard.queue.pending(("Pod", "default/on-bad-cidr"))
-    assert job is not None and job.stage is not None
+    shard.pods.on_pod("ADDED", pod)
+    job = _pending(shard, "Pod", "default/on-bad-cidr")
+    assert job is not None
     with pytest.raises(StageError) as e:
-        shard.engine.actions(job.stage, pod, shard._funcs("Pod", pod))
-    assert "invalid CIDR 'garbage'" in str(e.value) and job.stage.name in str(e.value)
+        shard.stages.engine.actions(job[0], pod, _funcs(shard, "Pod", pod))
+    assert "invalid CIDR 'garbage'" in str(e.value) and job[0].name in str(e.value)
     # an invalid IP already on a pod (adopted after a restart)
     pod2 = _pod("bad-ip", "n-0")
     pod2["status"] = {"phase": "Pending", "podIP": "not-an-ip", "podIPs": [{"ip": "not-an-ip"}]}
-    shard._on_pod("ADDED", pod2)
-    job = shard.queue.pending(("Pod", "default/bad-ip"))
-    assert job is not None and job.stage is not None
+    shard.pods.on_pod("ADDED", pod2)
+    job = _pending(shard, "Pod", "default/bad-ip")
+    assert job is not None
     with pytest.raises((StageError, IPAMError)) as e2:
-        shard.engine.actions(job.stage, pod2, shard._funcs("Pod", pod2))
+        shard.stages.engine.actions(job[0], pod2, _funcs(shard, "Pod", pod2))
     assert "not-an-ip" in str(e2.value)
 
 
@@ -714,13 +725,13 @@ async def test_a_bad_stage_file_does_not_stop_the_shard(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump_all([_set(GOOD_A, ("metadata", "name"), "file-good"),
                                      _set(BASE, ("spec", "weight"), -1)]))
     s = Shard(DeadKube(), ShardConfig(profiles=(), stage_files=(str(f),), watch_stages=False))  # type: ignore[arg-type]
-    assert [st.name for st in s.static_stages] == ["file-good"]
+    assert [st.name for st in s.stages.static] == ["file-good"]
     errs = s.status()["stage_errors"]
     assert len(errs) == 1 and 'stage "base": spec.weight: must be >= 0, got -1' in errs[0], errs
     # a Stage object arriving later keeps the file's error reported
-    s._on_stage("ADDED", _set(GOOD_B, ("metadata", "name"), "crd-b"))
+    s.stages.on_stage("ADDED", _set(GOOD_B, ("metadata", "name"), "crd-b"))
     assert len(s.status()["stage_errors"]) == 1
-    assert {st.name for st in s.engine.stages} == {"file-good", "crd-b"}
+    assert {st.name for st in s.stages.engine.stages} == {"file-good", "crd-b"}
 
 
 async def test_a_pod_deleted_before_its_node_arrives_is_not_served() -> None:
@@ -728,15 +739,15 @@ async def test_a_pod_deleted_before_its_node_arrives_is_not_served() -> None:
     not come back with the node (served, given an IP that is never released) nor stay aside."""
     s = Shard(DeadKube(), ShardConfig(watch_stages=False))   # type: ignore[arg-type]
     early, other = _pod("early", "late-node"), _pod("other", "late-node")
-    s._on_pod("ADDED", early)
-    s._on_pod("ADDED", other)
-    assert set(s.orphans["late-node"]) == {"default/early", "default/other"}
-    s._on_pod("DELETED", early)
-    assert set(s.orphans["late-node"]) == {"default/other"}
-    s._on_node("ADDED", _node("late-node", 4))
-    assert set(s.pods) == {"default/other"} and not s.orphans
-    assert s.queue.pending(("Pod", "default/early")) is None
+    s.pods.on_pod("ADDED", early)
+    s.pods.on_pod("ADDED", other)
+    assert set(s.pods.orphans["late-node"]) == {"default/early", "default/other"}
+    s.pods.on_pod("DELETED", early)
+    assert set(s.pods.orphans["late-node"]) == {"default/other"}
+    s.nodes.on_node("ADDED", _node("late-node", 4))
+    assert set(s.pods.pods) == {"default/other"} and not s.pods.orphans
+    assert _pending(s, "Pod", "default/early") is None
     # pods on a node this shard never manages (another --node-label-selector) do not pile up
-    s._on_pod("ADDED", _pod("elsewhere", "unmanaged"))
-    s._on_pod("DELETED", _pod("elsewhere", "unmanaged"))
-    assert not s.orphans
+    s.pods.on_pod("ADDED", _pod("elsewhere", "unmanaged"))
+    s.pods.on_pod("DELETED", _pod("elsewhere", "unmanaged"))
+    assert not s.pods.orphans

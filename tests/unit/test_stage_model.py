@@ -249,8 +249,8 @@ def test_fuzz_stage_documents_only_raise_stage_error(edits: list[tuple[tuple[str
 
 
 def test_stage_controller_config_is_validated() -> None:
+    from shardlet.controllers.stages import StageControllerConfig
     from shardlet.discovery import Resource
-    from shardlet.stagecontroller import StageControllerConfig
 
     res = Resource("v1", "ConfigMap", "configmaps", True)
     assert res.path("a", "ns", "status") == "/api/v1/namespaces/ns/configmaps/a/status"

@@ -1,4 +1,6 @@
-"""Node Leases in kube-node-lease, renewed on the kubelet's cadence for a whole slice.
+"""The Lease controller: node Leases in kube-node-lease, renewed on the kubelet's cadence for a
+whole slice. The shard adds a node when the Node controller adopts it and removes it on release;
+the node's Ready condition comes the same way (``set_ready``).
 
 One heap of due times per shard and a bounded pool of in-flight requests: no task or thread per
 node. Renewals on time use at most `calm` connections and leave the rest of the apiserver to
@@ -28,6 +30,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -36,7 +39,7 @@ import structlog
 from shardlet.api import ApiError, Kube
 from shardlet.delayqueue import DelayQueue
 
-log = structlog.get_logger("shardlet.lease")
+log = structlog.get_logger("shardlet.controllers.leases")
 
 NAMESPACE = "kube-node-lease"
 _PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
@@ -92,12 +95,30 @@ def renewed(lease: dict[str, Any], raw: bytes) -> dict[str, Any]:
     return lease
 
 
-class LeaseRenewer:
-    def __init__(self, kube: Kube, holder: str, *, duration: int = 40, concurrency: int = 64,
-                 calm: int = 16, on_renew: Callable[[float, bool], None] | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class LeaseControllerConfig:
+    holder: str                 # holderIdentity written into every lease
+    duration: int = 40          # leaseDurationSeconds; renewed every quarter of it, as the kubelet does
+    concurrency: int = 64       # renewals in flight at most
+    calm: int = 16              # renewals in flight while none is late (0: no calm limit)
+
+    def __post_init__(self) -> None:
+        if not self.holder:
+            raise ValueError("lease controller: holder must not be empty")
+        if self.duration < 1:
+            raise ValueError(f"lease controller {self.holder}: duration must be >= 1 s, got {self.duration}")
+        if self.concurrency < 1 or self.calm < 0:
+            raise ValueError(f"lease controller {self.holder}: concurrency must be >= 1 and calm >= 0")
+
+
+class LeaseController:
+    def __init__(self, kube: Kube, config: LeaseControllerConfig, *,
+                 on_renew: Callable[[float, bool], None] | None = None) -> None:
         self.kube = kube
-        self.holder = holder
-        self.duration = duration
+        self.cfg = config
+        self.holder = config.holder
+        self.duration = duration = config.duration
+        concurrency, calm = config.concurrency, config.calm
         self.interval = duration / 4.0
         # renewals leave in ticks (see DelayQueue): up to a tick (a quarter second) late, half a
         # tick on average, which the interval below takes off
@@ -224,8 +245,8 @@ class LeaseRenewer:
         cap = min(7.0, self.interval / 4)
         delay = min(cap, 0.2 * 2 ** min(n, 16)) * (1 - 0.2 * random.random())
         if retry_after:
-            delay = max(delay, min(cap, retry_after))
-        return delay
+            delay = max(delay, min(cap, float(retry_after)))
+        return float(delay)
 
     async def _renew_once(self, node: str) -> None:
         lease = self.leases.get(node)

@@ -1,0 +1,245 @@
+"""The Pod controller: kwok's PodController for the pods bound to the nodes one shard serves.
+
+Pods are seen either through one cluster-wide watch of bound pods, kept when their node is
+served here (kwok's way, ``watch="cluster"``), or through one field-selected watch per served
+node (``watch="node"``), which keeps a shard's apiserver traffic and decoding proportional to
+its slice. Which nodes are served is the Node controller's business: the shard tells this
+controller through ``node_adopted`` / ``node_released`` / ``node_forgotten`` and hands it
+``serves`` and ``node`` lookups, so neither reaches into the other.
+
+A pod may be seen before its node (the watches race): it waits as an orphan and is played when
+its node is adopted. Pod IPs come from the node's pod CIDRs (or ``cidr``) through the IPAM, and
+go back to it when the pod is deleted. Only the key, node and uid of a pod are kept; the object
+itself lives only as long as a stage job needs it, so memory stays flat once pods are Running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from shardlet.api import ApiError, Kube
+from shardlet.controllers.nodes import NodeInfo
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer
+from shardlet.discovery import PODS
+from shardlet.ipam import IPAM, IPAMError
+from shardlet.stages.engine import StageEngine
+from shardlet.stages.model import StageError
+from shardlet.watch import Reflector, obj_key
+from shardlet.writer import Writer
+
+__all__ = ["PodController", "PodControllerConfig"]
+
+log = structlog.get_logger("shardlet.controllers.pods")
+
+
+@dataclass(frozen=True, slots=True)
+class PodControllerConfig:
+    shard: str
+    cidr: str = "10.0.0.0/24"       # pod IPs for nodes without pod CIDRs
+    node_ip: str = "127.0.0.1"      # a node's IP when it reports none (and hostNetwork pods')
+    watch: str = "cluster"          # "cluster" | "node"
+    concurrency: int = 64
+    retry_after: float = 1.0
+    max_orphan_nodes: int = 10000   # nodes not seen yet whose pods are held back
+
+    def __post_init__(self) -> None:
+        if self.watch not in ("cluster", "node"):
+            raise ValueError(f"pod controller {self.shard}: watch must be 'cluster' or 'node', got {self.watch!r}")
+        if self.concurrency < 1:
+            raise ValueError(f"pod controller {self.shard}: concurrency must be >= 1, got {self.concurrency}")
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+def _no_gate() -> AbstractAsyncContextManager[Any]:
+    return nullcontext()
+
+
+class PodController:
+    def __init__(self, kube: Kube, writer: Writer, config: PodControllerConfig, engine: StageEngine, *,
+                 funcs: Funcs,
+                 serves: Callable[[str], bool],
+                 node: Callable[[str], NodeInfo | None],
+                 gate: Callable[[], AbstractAsyncContextManager[Any]] = _no_gate,
+                 on_seen: Callable[[str, dict[str, Any]], None] = _noop,
+                 on_gone: Callable[[str], None] = _noop,
+                 on_count: Callable[[int], None] = _noop,
+                 on_event: Callable[[str], None] = _noop,
+                 on_relist: Callable[[], None] = _noop,
+                 on_transition: Callable[[str], None] = _noop,
+                 on_error: Callable[[str, str], None] = _noop,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.kube = kube
+        self.cfg = config
+        self.base_funcs = funcs
+        self.serves = serves
+        self.node = node
+        self.on_seen = on_seen          # a served pod, as last seen (node metrics)
+        self.on_gone = on_gone          # a pod no longer served here
+        self.on_count = on_count        # pods served, after each change
+        self.on_event = on_event
+        self.on_relist = on_relist
+        self.ipam = IPAM(config.cidr)   # raises ValueError naming a bad CIDR
+        self.pods: dict[str, tuple[str, str]] = {}        # key -> (node, uid)
+        self.by_node: dict[str, set[str]] = {}
+        self.orphans: dict[str, dict[str, dict[str, Any]]] = {}   # node -> pods seen before their node
+        self.pod_ips: dict[str, list[str]] = {}            # pod uid -> IPs handed out
+        self.player = StagePlayer(writer, PlayerConfig(PODS, config.concurrency, config.retry_after), engine,
+                                  funcs=self.funcs, wanted=self.pods.__contains__, gate=gate,
+                                  render_errors=(StageError, IPAMError), on_result=self._on_result,
+                                  on_transition=on_transition, on_error=on_error, clock=clock)
+        self.watch: Reflector | None = None
+        self.node_watches: dict[str, Reflector] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __len__(self) -> int:
+        return len(self.pods)
+
+    def set_engine(self, engine: StageEngine) -> None:
+        self.player.engine = engine
+
+    def on_node(self, node: str) -> set[str] | tuple[()]:
+        """Keys of the pods served on ``node``."""
+        return self.by_node.get(node, ())
+
+    # -- events ------------------------------------------------------------------------------
+    def on_pod(self, typ: str, pod: dict[str, Any]) -> None:
+        key = obj_key(pod)
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        if typ == "DELETED":
+            old = self.pods.pop(key, None)
+            self.player.cancel(key)
+            node = node or (old[0] if old else "")
+            self.by_node.get(node, set()).discard(key)
+            waiting = self.orphans.get(node)
+            if waiting is not None and waiting.pop(key, None) is not None and not waiting:
+                del self.orphans[node]   # deleted before its node came: not replayed with it
+            uid = (pod.get("metadata") or {}).get("uid") or (old[1] if old else "")
+            if uid:
+                self._release_ips(str(uid))
+            self.on_gone(key)
+            self.on_count(len(self.pods))
+            return
+        if not self.serves(node):
+            if self.node(node) is None and len(self.orphans) < self.cfg.max_orphan_nodes:
+                self.orphans.setdefault(node, {})[key] = pod   # its node event has not come yet
+            return
+        self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
+        self.by_node.setdefault(node, set()).add(key)
+        self.on_seen(key, pod)
+        self.on_count(len(self.pods))
+        self.player.plan(key, pod)
+
+    def _on_result(self, key: str, pod: dict[str, Any]) -> None:
+        node = str((pod.get("spec") or {}).get("nodeName", ""))
+        refl = self.node_watches.get(node) if self.cfg.watch == "node" else self.watch
+        if refl is not None:
+            refl.expect(key, (pod.get("metadata") or {}).get("resourceVersion", ""))
+        self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
+
+    # -- the nodes served (from the Node controller, through the shard) -----------------------
+    def node_adopted(self, node: str) -> None:
+        if self.cfg.watch == "node" and node not in self.node_watches:
+            r = Reflector(self.kube, "/api/v1/pods", self.on_pod, name=f"pods:{node}",
+                          field_selector=f"spec.nodeName={node}", on_event=lambda _w: self.on_event("pods"))
+            self.node_watches[node] = r
+            r.start()
+        for pod in self.orphans.pop(node, {}).values():
+            self.on_pod("ADDED", pod)
+
+    async def node_acquired(self, node: str) -> None:
+        """A node handed over by a re-slice: with one cluster-wide watch we never kept its pods,
+        so list them once (a per-node watch lists them itself)."""
+        if self.cfg.watch != "cluster":
+            return
+        try:
+            items, _ = await self.kube.list_all("/api/v1/pods", fieldSelector=f"spec.nodeName={node}")
+        except (ApiError, OSError, TimeoutError) as e:
+            # the hand-off goes on; the node's pods are served from their next event
+            log.warning("acquire_pods_failed", shard=self.cfg.shard, node=node, error=str(e)[:200])
+            return
+        for pod in items:
+            self.on_pod("ADDED", pod)
+
+    def node_released(self, node: str) -> None:
+        for key in self.by_node.pop(node, set()):
+            self.player.cancel(key)
+            self.pods.pop(key, None)
+            self.on_gone(key)
+        r = self.node_watches.pop(node, None)
+        if r is not None:
+            r.cancel()
+        self.on_count(len(self.pods))
+
+    def node_forgotten(self, node: str) -> None:
+        self.orphans.pop(node, None)
+
+    # -- template functions ------------------------------------------------------------------
+    def _node_ips(self, node: str) -> list[str]:
+        info = self.node(node)
+        return (info.ips if info and info.ips else None) or [self.cfg.node_ip]
+
+    def _pod_ips(self, pod: dict[str, Any], node: str, host_network: Any, uid: Any, name: Any, ns: Any) -> list[str]:
+        if host_network is True:
+            return self._node_ips(node)
+        key = str(uid or f"{ns}/{name}")
+        have = self.pod_ips.get(key)
+        if have:
+            return have
+        status = pod.get("status") or {}
+        existing = [str(p["ip"]) for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
+        if not existing and status.get("podIP"):
+            existing = [str(status["podIP"])]
+        info = self.node(node)
+        cidrs = info.cidrs if info else None
+        if existing:
+            # adopted after a restart or handoff: keep the IPs the pod already has
+            self.ipam.adopt(key, existing, cidrs, self.cfg.cidr)
+            ips = existing
+        else:
+            ips = self.ipam.allocate(key, cidrs, self.cfg.cidr)
+        self.pod_ips[key] = ips
+        return ips
+
+    def _release_ips(self, uid: str) -> None:
+        if self.pod_ips.pop(uid, None) is not None:
+            self.ipam.release(uid)
+
+    def funcs(self, pod: dict[str, Any]) -> Funcs:
+        node = (pod.get("spec") or {}).get("nodeName", "")
+        meta = pod.get("metadata") or {}
+        return {
+            **self.base_funcs,
+            "NodeIPWith": lambda n: self._node_ips(n)[0],
+            "NodeIPsWith": self._node_ips,
+            "PodIPsWith": lambda n, hn, uid, name, ns: self._pod_ips(pod, n, hn, uid, name, ns),
+            "PodIPWith": lambda n, hn, uid, name, ns: self._pod_ips(pod, n, hn, uid, name, ns)[0],
+            "PodIP": lambda: self._pod_ips(pod, node, False, meta.get("uid"), meta.get("name"),
+                                           meta.get("namespace"))[0],
+        }
+
+    # -- run ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.player.run()))
+        if self.cfg.watch == "cluster":
+            self.watch = Reflector(self.kube, "/api/v1/pods", self.on_pod, name="pods",
+                                   field_selector="spec.nodeName!=", on_event=lambda _w: self.on_event("pods"),
+                                   on_relist=self.on_relist)
+            self.watch.start()
+            await self.watch.synced.wait()
+
+    async def stop(self) -> None:
+        for r in [*self.node_watches.values(), *([self.watch] if self.watch else [])]:
+            await r.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
