@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import structlog
 
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.conditions import node_ready
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate, noop
 from shardlet.delayqueue import DelayQueue
 from shardlet.discovery import NODES
 from shardlet.ownership import EVERYTHING, Ownership
@@ -98,29 +98,23 @@ def node_cidrs(node: Mapping[str, Any]) -> list[str]:
     return [c for c in cidrs if isinstance(c, str)]
 
 
-def _noop(*_: Any) -> None:
-    return None
-
-
-def _no_gate() -> AbstractAsyncContextManager[Any]:
-    return nullcontext()
 
 
 class NodeController:
     def __init__(self, kube: Kube, writer: Writer, config: NodeControllerConfig, engine: StageEngine,
                  ownership: Ownership = EVERYTHING, *,
                  funcs: Funcs,
-                 gate: Callable[[], AbstractAsyncContextManager[Any]] = _no_gate,
-                 on_seen: Callable[[str, dict[str, Any]], None] = _noop,
-                 on_ready: Callable[[str, bool], None] = _noop,
-                 on_adopt: Callable[[str, str], None] = _noop,
+                 gate: Callable[[], AbstractAsyncContextManager[Any]] = no_gate,
+                 on_seen: Callable[[str, dict[str, Any]], None] = noop,
+                 on_ready: Callable[[str, bool], None] = noop,
+                 on_adopt: Callable[[str, str], None] = noop,
                  on_acquire: Callable[[str], Awaitable[None]] | None = None,
-                 on_release: Callable[[str], None] = _noop,
-                 on_forget: Callable[[str], None] = _noop,
-                 on_event: Callable[[str], None] = _noop,
-                 on_relist: Callable[[], None] = _noop,
-                 on_transition: Callable[[str], None] = _noop,
-                 on_error: Callable[[str, str], None] = _noop,
+                 on_release: Callable[[str], None] = noop,
+                 on_forget: Callable[[str], None] = noop,
+                 on_event: Callable[[str], None] = noop,
+                 on_relist: Callable[[], None] = noop,
+                 on_transition: Callable[[str], None] = noop,
+                 on_error: Callable[[str, str], None] = noop,
                  clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config

@@ -27,7 +27,7 @@ from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import Stage, StageError
 from shardlet.writer import Writer
 
-__all__ = ["RETRYABLE", "PlayerConfig", "StagePlayer"]
+__all__ = ["RETRYABLE", "Funcs", "PlayerConfig", "StagePlayer", "no_gate", "noop"]
 
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 
@@ -56,15 +56,21 @@ class _Job:
     stage: Stage
 
 
-def _no_gate() -> AbstractAsyncContextManager[Any]:
+def no_gate() -> AbstractAsyncContextManager[Any]:
+    """A gate that never holds a write back (the default)."""
     return nullcontext()
+
+
+def noop(*_: Any) -> None:
+    """The default of every callback a controller takes."""
+    return None
 
 
 class StagePlayer:
     def __init__(self, writer: Writer, config: PlayerConfig, engine: StageEngine, *,
                  funcs: Callable[[dict[str, Any]], Funcs],
                  wanted: Callable[[str], bool] = lambda _k: True,
-                 gate: Callable[[], AbstractAsyncContextManager[Any]] = _no_gate,
+                 gate: Callable[[], AbstractAsyncContextManager[Any]] = no_gate,
                  render_errors: tuple[type[Exception], ...] = (StageError,),
                  on_result: Callable[[str, dict[str, Any]], None] = lambda _k, _o: None,
                  on_transition: Callable[[str], None] = lambda _s: None,

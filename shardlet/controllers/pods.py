@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import structlog
 
 from shardlet.api import ApiError, Kube
 from shardlet.controllers.nodes import NodeInfo
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate, noop
 from shardlet.discovery import PODS
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.stages.engine import StageEngine
@@ -56,12 +56,6 @@ class PodControllerConfig:
             raise ValueError(f"pod controller {self.shard}: concurrency must be >= 1, got {self.concurrency}")
 
 
-def _noop(*_: Any) -> None:
-    return None
-
-
-def _no_gate() -> AbstractAsyncContextManager[Any]:
-    return nullcontext()
 
 
 class PodController:
@@ -69,14 +63,14 @@ class PodController:
                  funcs: Funcs,
                  serves: Callable[[str], bool],
                  node: Callable[[str], NodeInfo | None],
-                 gate: Callable[[], AbstractAsyncContextManager[Any]] = _no_gate,
-                 on_seen: Callable[[str, dict[str, Any]], None] = _noop,
-                 on_gone: Callable[[str], None] = _noop,
-                 on_count: Callable[[int], None] = _noop,
-                 on_event: Callable[[str], None] = _noop,
-                 on_relist: Callable[[], None] = _noop,
-                 on_transition: Callable[[str], None] = _noop,
-                 on_error: Callable[[str, str], None] = _noop,
+                 gate: Callable[[], AbstractAsyncContextManager[Any]] = no_gate,
+                 on_seen: Callable[[str, dict[str, Any]], None] = noop,
+                 on_gone: Callable[[str], None] = noop,
+                 on_count: Callable[[int], None] = noop,
+                 on_event: Callable[[str], None] = noop,
+                 on_relist: Callable[[], None] = noop,
+                 on_transition: Callable[[str], None] = noop,
+                 on_error: Callable[[str, str], None] = noop,
                  clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config

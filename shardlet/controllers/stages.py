@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, noop
 from shardlet.discovery import Resource
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.stages.engine import StageEngine
@@ -47,16 +47,13 @@ class StageControllerConfig:
             raise ValueError(f"stage controller for {self.resource}: retry_after must be >= 0")
 
 
-def _noop(*_: Any) -> None:
-    return None
-
 
 class StageController:
     def __init__(self, writer: Writer, config: StageControllerConfig, stages: Sequence[Stage],
                  ownership: Ownership = EVERYTHING, *,
                  funcs: Funcs,
-                 on_transition: Callable[[str], None] = _noop,
-                 on_error: Callable[[str, str], None] = _noop,
+                 on_transition: Callable[[str], None] = noop,
+                 on_error: Callable[[str, str], None] = noop,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = config
         self.res = config.resource

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from shardlet.api import ApiError
 from shardlet.controllers.leases import LeaseControllerConfig
 from shardlet.controllers.nodes import NodeControllerConfig
 from shardlet.controllers.player import PlayerConfig
@@ -16,6 +15,8 @@ from shardlet.discovery import PODS
 from shardlet.ownership import EVERYTHING, Ownership, Table, bucket
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 from shardlet.shard import Shard, ShardConfig
+
+from .fakes import DeadKube
 
 
 def test_configs_refuse_bad_values_naming_the_field() -> None:
@@ -55,26 +56,6 @@ def test_ownership_is_one_value_for_nodes_and_objects() -> None:
         Ownership.of("a")
 
 
-class NoKube:
-    """Fails any request; records what was asked."""
-
-    def __init__(self) -> None:
-        self.on_request: Any = None
-        self.calls: list[str] = []
-
-    def sibling(self, **_kw: Any) -> NoKube:
-        return self
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        async def fail(*_a: Any, **_k: Any) -> Any:
-            self.calls.append(name)
-            raise ApiError(503, "Dead", name)
-        return fail
-
-
 def _node(name: str, index: int) -> dict[str, Any]:
     n = node_manifest(name, index, NODE_PARAMS)
     n["metadata"].update(uid=f"uid-{name}", resourceVersion="1")
@@ -88,7 +69,7 @@ def _pod(name: str, node: str) -> dict[str, Any]:
 
 
 async def test_a_new_slice_moves_nodes_with_their_leases_and_pods() -> None:
-    kube = NoKube()
+    kube = DeadKube()
     table = Table(1, ("a", "b"), tuple(b % 2 for b in range(8)))
     s = Shard(kube, ShardConfig(watch_stages=False, token_exchange=False), Ownership.of("a", table))  # type: ignore[arg-type]
     names = [f"n-{i}" for i in range(24)]

@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shardlet import watch as watch_mod
-from shardlet.api import ApiError
 from shardlet.controllers import stagesource as stagesource_mod
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
@@ -48,6 +47,7 @@ from shardlet.stages.model import Stage, StageError, load_profile, load_stage_ya
 from shardlet.stages.selector import SelectorError, compile_selector
 from shardlet.watch import Reflector, obj_key
 
+from .fakes import DeadKube
 from .kwok_source import kwok_stage_dir
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -513,26 +513,6 @@ def test_odd_pods_plan_and_render_with_stage_or_ipam_errors_only(rng: random.Ran
 
 
 # -- the shard's event handlers ----------------------------------------------------------------
-class DeadKube:
-    """Fails any request: the handlers must not make one, and must not fail because of it."""
-
-    def __init__(self) -> None:
-        self.on_request: Any = None
-        self.calls: list[str] = []
-
-    def sibling(self, **_kw: Any) -> DeadKube:
-        return self
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        async def fail(*_a: Any, **_k: Any) -> Any:
-            self.calls.append(name)
-            raise ApiError(503, "Dead", f"no requests here ({name})")
-        return fail
-
-
 class Recorder:
     """Stands in for a module's structlog logger."""
 
