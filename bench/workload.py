@@ -17,7 +17,7 @@ import aiohttp
 
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.conditions import node_ready
-from shardlet.lease import micro_time
+from shardlet.controllers.leases import micro_time
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, SCALE_LABEL, node_manifest, pod_spec
 from shardlet.watch import Reflector
 

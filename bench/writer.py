@@ -28,8 +28,8 @@ import orjson
 from bench.leaseproto import CONTENT_TYPE as PROTOBUF
 from bench.leaseproto import decode_lease, encode_lease
 from shardlet.api import Kube, load_credentials
+from shardlet.controllers.leases import lean, micro_time, renewed
 from shardlet.httpclient import HttpPool, header_block
-from shardlet.lease import lean, micro_time, renewed
 from shardlet.satoken import ensure_account, request_token
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
