@@ -182,6 +182,17 @@ def test_node_metrics_add_only_read_access_to_their_objects(helm_env: dict[str, 
 
 
 @needs_helm
+def test_the_volume_profile_adds_what_kwoks_volume_stages_write(helm_env: dict[str, str]) -> None:
+    base = rules(render(helm_env))
+    rw = ("get", "list", "watch", "create", "patch", "delete")
+    added = [("", "persistentvolumeclaims", rw), ("", "persistentvolumes", rw),
+             ("", "persistentvolumeclaims/status", ("patch",)), ("", "persistentvolumes/status", ("patch",)),
+             ("storage.k8s.io", "storageclasses", ("get", "create"))]
+    assert rules(render(helm_env, "profile=fast\\,volume")) == [*base, *added]
+    assert rules(render(helm_env, "profile=general")) == base
+
+
+@needs_helm
 def test_extra_rules_are_appended(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, extra=("--set-json", 'rbac.extraRules=[{"apiGroups":[""],"resources":["pods"],"verbs":["patch"]}]'))
     assert rules(docs)[-1] == ("", "pods", ("patch",))
