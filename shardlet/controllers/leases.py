@@ -298,9 +298,20 @@ class LeaseController:
     async def release_all(self) -> None:
         """Give up every lease by clearing holderIdentity (optional on shutdown)."""
         async def one(node: str, lease: dict[str, Any]) -> None:
-            lease["spec"]["holderIdentity"] = None
-            try:
-                await self.kube.replace(f"{_PATH}/{node}", lease)
-            except ApiError:
-                pass
+            # A renewal cancelled on its way out may still have landed after our copy was taken:
+            # the PUT of that copy then conflicts. Read the lease again and clear it if still ours.
+            for _ in range(3):
+                lease["spec"]["holderIdentity"] = None
+                try:
+                    await self.kube.replace(f"{_PATH}/{node}", lease)
+                    return
+                except ApiError as e:
+                    if e.status != 409:
+                        return
+                try:
+                    lease = lean(await self.kube.get(f"{_PATH}/{node}"))
+                except ApiError:
+                    return
+                if (lease.get("spec") or {}).get("holderIdentity") != self.holder:
+                    return   # not ours any more
         await asyncio.gather(*(one(n, lease) for n, lease in list(self.leases.items())))

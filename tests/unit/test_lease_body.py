@@ -94,3 +94,34 @@ def test_a_free_calm_slot_is_taken_without_waiting() -> None:
         return first, second
 
     assert asyncio.run(go()) == (True, False)
+
+
+async def test_release_clears_a_lease_a_late_renewal_wrote_after_our_copy() -> None:
+    """A renewal cancelled at shutdown may land after the copy release_all sends: that PUT
+    conflicts, and the lease is read again and cleared while it is still ours."""
+    class Api:
+        def __init__(self) -> None:
+            self.live = lean(orjson.loads(ANSWER))
+            self.live["metadata"]["resourceVersion"] = "5000"      # the late renewal's write
+            self.puts: list[dict[str, Any]] = []
+
+        async def replace(self, _path: str, body: dict[str, Any]) -> Any:
+            self.puts.append(orjson.loads(orjson.dumps(body)))
+            if body["metadata"]["resourceVersion"] != self.live["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", "the object has been modified")
+            self.live = body
+            return body
+
+        async def get(self, _path: str) -> dict[str, Any]:
+            return orjson.loads(orjson.dumps(self.live))
+
+    api = Api()
+    r = LeaseController(cast(Any, api), LeaseControllerConfig("h"))
+    r.leases["n1"] = lean(orjson.loads(ANSWER))                  # our copy: resourceVersion 4711
+    await r.release_all()
+    assert [p["metadata"]["resourceVersion"] for p in api.puts] == ["4711", "5000"]
+    assert api.live["spec"]["holderIdentity"] is None
+    # a lease another holder took meanwhile is left to it
+    api.live = dict(api.live, spec=dict(api.live["spec"], holderIdentity="other"), metadata=dict(api.live["metadata"], resourceVersion="6000"))
+    await r.release_all()
+    assert api.live["spec"]["holderIdentity"] == "other"
