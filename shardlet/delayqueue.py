@@ -159,4 +159,5 @@ class DelayQueue(Generic[K, T]):
 
 
 def noop(*_: Any) -> None:
+    """Does nothing: the default of every callback a controller takes."""
     return None

@@ -27,8 +27,8 @@ import structlog
 
 from shardlet.api import ApiError, Kube, path_for
 from shardlet.conditions import node_ready
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate, noop
-from shardlet.delayqueue import DelayQueue
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate
+from shardlet.delayqueue import DelayQueue, noop
 from shardlet.discovery import NODES
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.stages.engine import StageEngine

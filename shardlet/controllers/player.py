@@ -27,7 +27,7 @@ from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import Stage, StageError
 from shardlet.writer import Writer
 
-__all__ = ["RETRYABLE", "Funcs", "PlayerConfig", "StagePlayer", "no_gate", "noop"]
+__all__ = ["RETRYABLE", "Funcs", "PlayerConfig", "StagePlayer", "no_gate"]
 
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 
@@ -59,11 +59,6 @@ class _Job:
 def no_gate() -> AbstractAsyncContextManager[Any]:
     """A gate that never holds a write back (the default)."""
     return nullcontext()
-
-
-def noop(*_: Any) -> None:
-    """The default of every callback a controller takes."""
-    return None
 
 
 class StagePlayer:

@@ -26,7 +26,8 @@ import structlog
 
 from shardlet.api import ApiError, Kube
 from shardlet.controllers.nodes import NodeInfo
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate, noop
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, no_gate
+from shardlet.delayqueue import noop
 from shardlet.discovery import PODS
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.stages.engine import StageEngine

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer, noop
+from shardlet.controllers.player import Funcs, PlayerConfig, StagePlayer
+from shardlet.delayqueue import noop
 from shardlet.discovery import Resource
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.stages.engine import StageEngine
