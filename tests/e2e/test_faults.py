@@ -616,7 +616,13 @@ async def _churn(c: Cluster, ns: str, names: list[str], value: str) -> None:
                                                      {"metadata": {"annotations": {"churn": value}}}))
 
 
-def test_etcd_compaction_forces_one_relist_per_watch(env: Env, main_run: Run, monitor: FaultMonitor) -> None:
+def test_etcd_compaction_relists_each_watch_at_most_once(env: Env, main_run: Run, monitor: FaultMonitor) -> None:
+    """Compact etcd past what the shard has seen, then restart the apiserver so its watch cache
+    starts after the compaction. A watch resuming from before it gets 410 Gone and must relist
+    exactly once. Not every watch has to get the 410: a watch whose first request after the restart
+    is refused (the new apiserver answers 403 until its RBAC caches sync, 429 until its watch cache
+    is ready) may be served from a newer revision without one, losing nothing. What must hold:
+    at least one watch relisted, no watch relisted twice, and no relist without a 410."""
     before = _pods(env.api, "faults-a")
     asyncio.run(_churn(env.c, "faults-a", sorted(before)[:500], "1"))   # events the shard has seen ...
     rev = int(_etcd(env, "/v3/kv/range", {"key": base64.b64encode(b"/registry/").decode()})["header"]["revision"])
@@ -626,18 +632,18 @@ def test_etcd_compaction_forces_one_relist_per_watch(env: Env, main_run: Run, mo
     assert "compacted" in str(old.get("message") or old.get("error")), old
     before = _pods(env.api, "faults-a")
     r0, t0 = relists(main_run), time.time()
-    # a restarted apiserver's watch cache only knows revisions after the compaction: every
-    # watch resuming from before it gets 410 Gone
     env.c.restart("kube-apiserver", grace=5)
     back = time.time()
     env.faults.append(("etcd compaction + watch cache restart", t0, back))
-    poll(lambda: all(v > r0[k] for k, v in relists(main_run).items()), 30, 1, "nodes and pods relisted")
+    poll(lambda: sum(relists(main_run).values()) > sum(r0.values()), 30, 1, "a watch relisted")
     assert_leases_renewed(env, monitor, t0, back)
     assert_serving(env, main_run, "compaction")   # time for a storm to show, if there were one
-    r1 = relists(main_run)
-    assert r1 == {k: v + 1 for k, v in r0.items()}, f"relists not once per watch: {r0} -> {r1}"
+    more = {k: int(v - r0[k]) for k, v in relists(main_run).items()}
+    assert all(n <= 1 for n in more.values()), f"a watch relisted more than once: {more}"
     ex = expired(main_run, t0)
-    assert ex == {"nodes": 1, "pods": 1, "stages": 1}, f"410s per watch: {ex}"
+    assert all(ex.get(k, 0) == n for k, n in more.items()), f"relists {more} without one 410 each: {ex}"
+    assert ex.get("stages", 0) <= 1, f"410s per watch: {ex}"
+    print(f"compaction: relists {more}, 410s {ex}")
     _assert_pods_intact(env.api, "faults-a", before)
     monitor.assert_all_ready()
 
