@@ -242,9 +242,12 @@ class Coordinator:
         ray.kill(a, no_restart=True)
 
     # -- monitoring ------------------------------------------------------------------------
-    async def monitor(self, interval: float = 1.0) -> None:
+    async def monitor(self, interval: float = 1.0, failing_interval: float = 0.25) -> None:
+        """Check every shard each ``interval``; while one is failing (dead, or restarting under Ray)
+        every ``failing_interval``, so its restart is seen and handed its slice without waiting out
+        a whole tick: that wait is most of a kill -9's recovery time on a busy machine."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(failing_interval if self.failing_since else interval)
             async with self._lock:
                 await self._check_all()
                 await self._maybe_rebalance()
@@ -269,6 +272,10 @@ class Coordinator:
                 rec = {"shard": self._actor_name(sid), "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
                 self.recoveries.append(rec)
                 log.info("shard_recovered", **rec)
+                try:   # report it served now, not a tick later
+                    st = unpack(await asyncio.wait_for(a.status.remote(), 3))
+                except Exception:
+                    pass
             else:
                 self.failing_since.pop(sid, None)
             self.last_status[sid] = st

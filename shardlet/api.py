@@ -321,6 +321,12 @@ class Kube:
 
     async def list_all(self, path: str, *, page: int = 1000, **params: Any) -> tuple[list[dict[str, Any]], str]:
         """List every page; returns (items, resourceVersion of the list)."""
+        items, meta = await self.list_pages(path, page=page, **params)
+        return items, str(meta.get("resourceVersion", ""))
+
+    async def list_pages(self, path: str, *, page: int = 1000,
+                         **params: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """List every page; returns (items, the last page's list metadata)."""
         items: list[dict[str, Any]] = []
         cont = None
         while True:
@@ -329,10 +335,10 @@ class Kube:
                 p["continue"] = cont
             res = await self.request("GET", path, params=p)
             items.extend(res.get("items") or [])
-            meta = res.get("metadata") or {}
+            meta: dict[str, Any] = res.get("metadata") or {}
             cont = meta.get("continue")
             if not cont:
-                return items, str(meta.get("resourceVersion", ""))
+                return items, meta
 
     # -- watch -----------------------------------------------------------------------------
     async def watch(self, path: str, *, resource_version: str, timeout_seconds: int = 300,

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from shardlet.controlplane import DEFAULT_FEATURE_GATES
 from shardlet.errors import UserError
 from shardlet.target import add_target, positive_int, resolve_kubeconfig
 
@@ -38,6 +39,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
         node_monitor_grace_period=args.node_monitor_grace_period,
         scheduler=not args.no_scheduler,
         controller_manager=not args.no_controller_manager,
+        feature_gates=args.kube_feature_gates,
     )
     c = Cluster(args.name)
     c.up(opts, timeout=args.wait)
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="kube-controller-manager --node-monitor-period (default: %(default)s)")
     up.add_argument("--node-monitor-grace-period", default="50s",
                     help="how long a node's lease may be stale before NotReady (default: %(default)s)")
+    up.add_argument("--kube-feature-gates", default=DEFAULT_FEATURE_GATES, metavar="K=V,...",
+                    help="kube-apiserver --feature-gates, like kwokctl's flag; the default turns on the "
+                         "server-side shard filter shardlet's generic controllers use (default: %(default)s)")
     up.add_argument("--no-scheduler", action="store_true", help="do not start kube-scheduler")
     up.add_argument("--no-controller-manager", action="store_true",
                     help="do not start kube-controller-manager")

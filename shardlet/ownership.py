@@ -30,6 +30,14 @@ removing one moves that shard's nodes and again only a few others.
 
 Determinism: ``bucket`` is BLAKE2b over the UTF-8 name (never the salted ``hash()``) and a
 jump consistent hash; ties in :func:`balance` go to the lower bucket and the lower shard id.
+
+Objects other than nodes (what the generic Stage controllers play) share the same table but are
+bucketed by uid with :func:`uid_bucket`: FNV-1a 64 of the uid, cut into ``B`` equal contiguous
+ranges. That is the hash and the range form of the apiserver's ``ShardedListAndWatch``
+(``shardSelector=shardRange(object.metadata.uid, '0x..', '0x..') || ...``, Kubernetes 1.36,
+alpha), so a shard can ask the apiserver for exactly its objects
+(:meth:`Ownership.shard_selector`) and still decide the same thing on its own where the
+apiserver does not filter.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 
-__all__ = ["DEFAULT_BUCKETS", "EVERYTHING", "Ownership", "Table", "balance", "bucket"]
+__all__ = ["DEFAULT_BUCKETS", "EVERYTHING", "Ownership", "Table", "balance", "bucket", "bucket_range",
+           "fnv1a64", "uid_bucket"]
 
 DEFAULT_BUCKETS = 1024
 
@@ -64,6 +73,29 @@ def bucket(key: str, buckets: int) -> int:
         k = (k * 2862933555777941757 + 1) & _MASK64
         j = int((b + 1) * (float(1 << 31) / float((k >> 33) + 1)))
     return b
+
+
+_MAX_SHARD_SELECTOR = 90_000
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def fnv1a64(value: str) -> int:
+    """64-bit FNV-1a of the UTF-8 bytes: ``k8s.io/apimachinery/pkg/sharding.HashField``."""
+    h = _FNV_OFFSET
+    for byte in value.encode():
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
+    return h
+
+
+def uid_bucket(uid: str, buckets: int) -> int:
+    """The bucket of an object's uid: ``fnv1a64(uid)`` falls in ``bucket_range(b, buckets)``."""
+    return (fnv1a64(uid) * buckets) >> 64
+
+
+def bucket_range(b: int, buckets: int) -> tuple[int, int]:
+    """``[start, end)`` of the FNV-1a hashes in bucket ``b`` of ``buckets`` (end at most 2**64)."""
+    return -((-b << 64) // buckets), -((-(b + 1) << 64) // buckets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +187,26 @@ class Ownership:
         meta = obj.get("metadata")
         m = meta if isinstance(meta, Mapping) else {}
         uid = m.get("uid") or f"{m.get('namespace') or ''}/{m.get('name')}"
-        return bucket(str(uid), self.count) in self.mine
+        return uid_bucket(str(uid), self.count) in self.mine
+
+    def shard_selector(self) -> str | None:
+        """The apiserver's ``shardSelector`` for the objects this shard owns (by uid), adjacent
+        buckets merged into one range; None where there is nothing to filter (unsharded, or every
+        bucket) or nothing it can express (no bucket: a range must not be empty)."""
+        if not self.count or not self.mine or len(self.mine) == self.count:
+            return None
+        # the apiserver parses the selector as CEL, which refuses expressions over 100,000 code
+        # points: a slice in more runs than fit is filtered here instead
+        runs: list[tuple[int, int]] = []
+        for b in sorted(self.mine):
+            if runs and runs[-1][1] == b:
+                runs[-1] = (runs[-1][0], b + 1)
+            else:
+                runs.append((b, b + 1))
+        out = " || ".join(
+            f"shardRange(object.metadata.uid, '0x{bucket_range(lo, self.count)[0]:016x}', "
+            f"'0x{bucket_range(hi - 1, self.count)[1]:016x}')" for lo, hi in runs)
+        return out if len(out) <= _MAX_SHARD_SELECTOR else None
 
     def bucket_selector(self, label: str) -> str:
         """A label selector for the nodes of this slice (an empty slice selects none)."""

@@ -83,6 +83,10 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                    help="with a client-certificate kubeconfig, keep using the certificate for every request "
                         "instead of creating the ServiceAccount kube-system/shardlet (and its ClusterRole) and "
                         "sending the hot-path requests with its token (cheaper for the apiserver)")
+    g.add_argument("--no-server-shard-filter", action="store_true",
+                   help="sharded: filter the objects of generic Stage controllers here instead of asking the "
+                        "apiserver for this shard's slice with a shardSelector (Kubernetes 1.36 "
+                        "ShardedListAndWatch; an apiserver without the gate is detected and filtered here anyway)")
     g.add_argument("--release-leases-on-exit", action="store_true",
                    help="on SIGTERM clear holderIdentity of every held lease instead of letting them expire")
 
@@ -118,7 +122,7 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         node_metrics=bool(args.node_metrics or args.metric_file), metric_files=tuple(args.metric_file),
-        token_exchange=not args.no_token_exchange,
+        token_exchange=not args.no_token_exchange, server_shard_filter=not args.no_server_shard_filter,
     )
 
 

@@ -79,6 +79,7 @@ class ShardConfig:
     rediscover_every: float = 5.0                     # seconds between lookups of kinds not served yet
     token_exchange: bool = True                       # a client certificate is swapped for a
                                                       # service-account token (shardlet.satoken)
+    server_shard_filter: bool = True                  # generic controllers send a shardSelector
 
 
 class Shard:
@@ -223,7 +224,9 @@ class Shard:
                     names = ", ".join(sorted(s.name for s in stages))
                     errors[f"{group}/{kind}"] = f"stage {names}: spec.resourceRef {kind} in {group}: {e}"
                     continue
-                c = StageController(self.writer, StageControllerConfig(res, self.cfg.name), stages, self.own,
+                c = StageController(self.writer, StageControllerConfig(
+                                        res, self.cfg.name, server_filter=self.cfg.server_shard_filter),
+                                    stages, self.own,
                                     funcs=self.funcs, on_transition=self._transition, on_error=self._stage_failed)
                 self.controllers[(group, kind)] = c
                 await c.start()
@@ -232,6 +235,11 @@ class Shard:
                 if self.kind_errors.get(k) != msg:
                     log.warning("stage_kind_not_served", shard=self.cfg.name, error=msg)
             self.kind_errors = errors
+
+    def list_errors(self) -> list[str]:
+        """The generic resources that cannot be listed now, naming the Stages that want them."""
+        return [f"stage {', '.join(c.stage_names)}: spec.resourceRef {c.res.kind} in {c.res.group_version}: "
+                f"cannot list {c.res.plural}: {c.error}" for c in self.controllers.values() if c.error]
 
     async def _rediscover(self) -> None:
         while True:
@@ -326,8 +334,12 @@ class Shard:
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
             "token_fallbacks": self.kube.token_fallbacks,
             "stage_errors": sorted([*self.stages.errors.values(), *self.kind_errors.values(),
-                                    *self.play_errors.values()]),
+                                    *self.play_errors.values(), *self.list_errors()]),
             "stage_controllers": {str(c.res): c.stage_names for c in self.controllers.values()},
+            # per generic resource: who drops the objects of other shards ("server": the apiserver,
+            # by shardSelector; "client": this shard; "none": unsharded) and the events received
+            "shard_filter": {str(c.res): c.filtered_by for c in self.controllers.values()},
+            "stage_watch_events": {str(c.res): c.reflector.events for c in self.controllers.values()},
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
         }

@@ -62,6 +62,10 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(h.upper().ljust(w) for h, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    for s in st["shards"]:
+        # generic Stage controllers: who drops other shards' objects (server: shardSelector)
+        if s.get("shard_filter"):
+            print(f"{s.get('shard')}: " + "; ".join(f"{r} filtered by {f}" for r, f in sorted(s["shard_filter"].items())))
     return 0
 
 

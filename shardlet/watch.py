@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -41,7 +41,7 @@ def obj_key(obj: dict[str, Any]) -> str:
 class Reflector:
     def __init__(self, kube: Kube, path: str, handler: Handler, *, name: str,
                  label_selector: str | None = None, field_selector: str | None = None,
-                 timeout_seconds: int = 300, on_event: Callable[[str], None] | None = None,
+                 shard_selector: str | None = None, timeout_seconds: int = 300, on_event: Callable[[str], None] | None = None,
                  on_relist: Callable[[], None] | None = None) -> None:
         self.kube = kube
         self.path = path
@@ -52,14 +52,24 @@ class Reflector:
             self.params["labelSelector"] = label_selector
         if field_selector:
             self.params["fieldSelector"] = field_selector
+        if shard_selector:
+            self.params["shardSelector"] = shard_selector
         self.timeout_seconds = timeout_seconds
         self.on_event = on_event
         self.on_relist = on_relist
         self.rv = ""
         self.known: dict[str, str] = {}   # key -> resourceVersion, to skip no-change events
         self.synced = asyncio.Event()
+        # set once the first list has been tried, listed or not (a forbidden or unavailable
+        # resource must not hold up whoever waits to start), and why the last try failed
+        self.tried = asyncio.Event()
+        self.error = ""
         self.lists = 0
         self.events = 0
+        # with a shardSelector: whether the apiserver applied it (it echoes shardInfo on the list;
+        # without the ShardedListAndWatch gate it ignores the parameter); None without one
+        self.server_filtered: bool | None = None
+        self._redispatch = False
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -93,13 +103,21 @@ class Reflector:
         self.start()
         await self.synced.wait()
 
-    async def replay(self) -> None:
-        """Hand every object to the handler again (after a change of what the handler keeps)."""
+    async def replay(self, params: Mapping[str, str | None] | None = None) -> None:
+        """Hand every object to the handler again (after a change of what the handler keeps),
+        listing with ``params`` changed from now on (None drops one). Objects the new list does
+        not have are reported as DELETED. Returns once the list was tried."""
         await self.stop()
-        self.known.clear()
+        for k, v in (params or {}).items():
+            if v is None:
+                self.params.pop(k, None)
+            else:
+                self.params[k] = v
+        self._redispatch = True
         self.synced.clear()
+        self.tried.clear()
         self.start()
-        await self.synced.wait()
+        await self.tried.wait()   # listed, or failed to (and retrying): never stuck on a refusal
 
     def expect(self, key: str, resource_version: str) -> None:
         """Our own write made this version of the object: its watch event is no news, skip it."""
@@ -114,6 +132,8 @@ class Reflector:
                 if need_list:
                     await self._list()
                     need_list = False
+                    self.error = ""
+                    self.tried.set()
                 await self._watch()
                 backoff = 0.8
             except asyncio.CancelledError:
@@ -129,13 +149,23 @@ class Reflector:
                     need_list = True
                     continue
                 log.warning("watch_error", watch=self.name, status=e.status, error=e.message[:200])
+                self._failed(f"{e.status} {e.reason}: {e.message[:200]}", need_list)
                 backoff = await _sleep_backoff(_fresh(backoff, started), e.retry_after)
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
                 log.warning("watch_broken", watch=self.name, error=type(e).__name__, detail=str(e)[:200])
+                self._failed(f"{type(e).__name__}: {str(e)[:200]}", need_list)
                 backoff = await _sleep_backoff(_fresh(backoff, started))
 
+    def _failed(self, why: str, listing: bool) -> None:
+        if listing:            # a watch that breaks and resumes is no error worth reporting
+            self.error = why
+            self.tried.set()
+
     async def _list(self) -> None:
-        items, rv = await self.kube.list_all(self.path, **cast(dict[str, Any], self.params))
+        items, lmeta = await self.kube.list_pages(self.path, **cast(dict[str, Any], self.params))
+        rv = str(lmeta.get("resourceVersion", ""))
+        self.server_filtered = "shardInfo" in lmeta if "shardSelector" in self.params else None
+        redispatch = self._redispatch
         self.lists += 1
         if self.lists > 1 and self.on_relist is not None:
             self.on_relist()
@@ -144,7 +174,7 @@ class Reflector:
             k = obj_key(obj)
             orv = obj["metadata"].get("resourceVersion", "")
             seen[k] = orv
-            if self.known.get(k) == orv:
+            if self.known.get(k) == orv and not redispatch:
                 continue
             self._dispatch("MODIFIED" if k in self.known else "ADDED", obj)
         for k in list(self.known.keys() - seen.keys()):
@@ -154,6 +184,7 @@ class Reflector:
                 meta["namespace"] = ns
             self._dispatch("DELETED", {"metadata": meta})
         self.known = seen
+        self._redispatch = False
         self.rv = rv
         self.synced.set()
         log.debug("listed", watch=self.name, items=len(items), rv=rv)

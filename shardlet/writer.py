@@ -75,16 +75,17 @@ class Writer:
         await kube.retrying(lambda: kube.delete(path, body), what=what)
 
     async def _apply(self, step: Apply, source_ns: str, stage: str) -> dict[str, Any]:
+        where = f'stage "{stage}": {step.field or "apply"}'
         body = step.body
         if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
-            raise StageError(f'stage "{stage}": apply: the template must render an object with apiVersion and kind')
+            raise StageError(f"{where}: the template must render an object with apiVersion and kind")
         try:
             res = await self.discovery.resolve(str(body["apiVersion"]), str(body["kind"]))
         except NotServed as e:
-            raise StageError(f'stage "{stage}": apply: {e}') from None
+            raise StageError(f"{where}: {e}") from None
         meta = body.setdefault("metadata", {})
         if not isinstance(meta, dict):
-            raise StageError(f'stage "{stage}": apply: metadata must be a map')
+            raise StageError(f"{where}: metadata must be a map")
         ns = ""
         if res.namespaced:
             ns = meta.get("namespace") or source_ns
@@ -92,21 +93,27 @@ class Writer:
         name = str(meta.get("name") or "")
         params = {"fieldManager": FIELD_MANAGER, "force": "true"} if step.type == "apply" else {}
         kube, who = self.kube, step.impersonation
+        target = f"{res.kind} {ns + '/' if ns else ''}{name}"
         out: dict[str, Any]
-        if step.subresource:
-            out = await kube.retrying(
-                lambda: kube.patch(res.path(name, ns, step.subresource or ""), body, step.type, who, **params),
-                what=f"apply {res.kind} {name}")
-            return out
         try:
-            out = await kube.retrying(lambda: kube.create(res.path("", ns), body, who), what=f"create {res.kind} {name}")
+            if step.subresource:
+                out = await kube.retrying(
+                    lambda: kube.patch(res.path(name, ns, step.subresource or ""), body, step.type, who, **params),
+                    what=f"apply {target}")
+                return out
+            try:
+                out = await kube.retrying(lambda: kube.create(res.path("", ns), body, who), what=f"create {target}")
+                return out
+            except ApiError as e:
+                if e.status != 409 or not name:
+                    raise
+            out = await kube.retrying(lambda: kube.patch(res.path(name, ns), body, step.type, who, **params),
+                                      what=f"apply {target}")
             return out
         except ApiError as e:
-            if e.status != 409 or not name:
-                raise
-        out = await kube.retrying(lambda: kube.patch(res.path(name, ns), body, step.type, who, **params),
-                                  what=f"apply {res.kind} {name}")
-        return out
+            # a refusal (RBAC, validation) names the step and the object it was writing
+            raise ApiError(e.status, e.reason, f"{step.field or 'apply'} ({target}): {e.message}",
+                           e.retry_after) from None
 
     async def ensure(self, body: dict[str, Any]) -> None:
         """Create ``body`` unless an object of its name exists (a stage set's StorageClass)."""

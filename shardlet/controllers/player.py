@@ -130,7 +130,7 @@ class StagePlayer:
         except ApiError as e:
             if e.status == 404:
                 return   # the object is gone; its DELETED event cleans up
-            self.on_error(stage.name, f"{self.res.kind} {key}: {e.status} {e.reason}: {e.message[:200]}")
+            self.on_error(stage.name, f"{self.res.kind} {key}: {e.status} {e.reason}: {e.message[:300]}")
             if e.status in RETRYABLE:
                 self.queue.put(key, job, self.cfg.retry_after)   # again with the same stage
             return

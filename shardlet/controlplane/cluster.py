@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 import yaml
 
-from shardlet.controlplane import pki, toolchain
+from shardlet.controlplane import DEFAULT_FEATURE_GATES, pki, toolchain
 from shardlet.errors import UserError
 
 log = structlog.get_logger("shardlet.cluster")
@@ -54,6 +54,7 @@ class Options:
     scheduler: bool = True
     controller_manager: bool = True
     extra_apiserver_args: list[str] = field(default_factory=list)
+    feature_gates: str = DEFAULT_FEATURE_GATES  # kube-apiserver --feature-gates ("" for none)
 
 
 @dataclass
@@ -346,7 +347,8 @@ class Cluster:
             # a loopback advertise address cannot be an Endpoints IP: skip that reconciler
             "--endpoint-reconciler-type=none",
             f"--cert-dir={self.dir / 'apiserver-certs'}",
-            *inflight, *o.extra_apiserver_args,
+            *inflight, *([f"--feature-gates={o.feature_gates}"] if o.feature_gates else []),
+            *o.extra_apiserver_args,
         ]
 
     def _controller_common(self, st: State, comp: str, o: Options) -> list[str]:

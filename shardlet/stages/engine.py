@@ -109,6 +109,7 @@ class Apply:
     type: ApplyType
     body: Any
     impersonation: str | None = None
+    field: str = ""        # the Stage's field it came from, for errors: spec.next.steps[0].apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -872,7 +873,8 @@ class StageEngine:
     def _render_apply(self, stage: Stage, spec: ApplySpec, obj: Mapping[str, Any],
                       funcs: Mapping[str, Callable[..., Any]]) -> Apply:
         data = self.render(stage, spec.field, spec.template, obj, funcs)
-        return Apply(spec.subresource or None, spec.type or "apply", data, spec.impersonation)
+        return Apply(spec.subresource or None, spec.type or "apply", data, spec.impersonation,
+                     spec.field.removesuffix(".template"))
 
 
 def _prefix_op(op: dict[str, Any], root: str) -> dict[str, Any]:

@@ -115,6 +115,22 @@ spec:
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
+metadata: {name: configmap-forbidden-apply}
+spec:
+  resourceRef: {apiGroup: v1, kind: ConfigMap}
+  selector:
+    matchLabels: {e2e.shardlet.io/forbidden-apply: "yes"}
+  steps:
+  - apply:
+      impersonation: {username: e2e-nobody}
+      template: |
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: made-by-nobody
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
 metadata: {name: configmap-good}
 spec:
   resourceRef: {apiGroup: v1, kind: ConfigMap}
@@ -131,21 +147,29 @@ spec:
 """
 
 
-def test_a_stage_rendering_no_object_is_reported_and_others_play(shardlet: ShardletProcess, kubectl: Kubectl) -> None:
+def test_a_stage_rendering_no_object_or_forbidden_to_apply_is_reported_and_others_play(
+        shardlet: ShardletProcess, kubectl: Kubectl) -> None:
     kubectl.apply(BAD_APPLY)
     try:
-        for name, label in (("cm-bad", "e2e.shardlet.io/bad-apply"), ("cm-good", "e2e.shardlet.io/good")):
+        for name, label in (("cm-bad", "e2e.shardlet.io/bad-apply"), ("cm-good", "e2e.shardlet.io/good"),
+                            ("cm-forbidden", "e2e.shardlet.io/forbidden-apply")):
             kubectl.apply(json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": name, "namespace": "default", "labels": {label: "yes"}}}))
         ev = shardlet.wait_for("stage_failed", 30, stage="configmap-bad-apply")
         assert "apply: the template must render an object with apiVersion and kind" in ev["error"], ev
         assert "\n" not in ev["error"]
+        # RBAC refuses the impersonated apply: the Stage, the object it was played on, the step's
+        # field and the object it was writing, in one line
+        ev = shardlet.wait_for("stage_failed", 30, stage="configmap-forbidden-apply")
+        assert ev["error"].startswith("ConfigMap default/cm-forbidden: 403 Forbidden: "
+                                      "spec.steps[0].apply (ConfigMap default/made-by-nobody): "), ev
+        assert 'User "e2e-nobody" cannot create resource "configmaps"' in ev["error"] and "\n" not in ev["error"], ev
         poll(lambda: (kubectl.json("get", "configmap", "cm-good")["metadata"].get("annotations") or {}).get("played") == "yes",
              30, 0.5, "the good stage played")
         assert shardlet.proc.poll() is None
     finally:
-        kubectl.run("delete", "stage", "configmap-bad-apply", "configmap-good", check=False)
-        kubectl.run("delete", "configmap", "cm-bad", "cm-good", check=False)
+        kubectl.run("delete", "stage", "configmap-bad-apply", "configmap-forbidden-apply", "configmap-good", check=False)
+        kubectl.run("delete", "configmap", "cm-bad", "cm-good", "cm-forbidden", check=False)
 
 
 # -- kwok's volume set: PVCs of kwok-volume provisioned and bound, whatever the order -----------

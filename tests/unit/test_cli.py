@@ -110,6 +110,23 @@ def test_stages_from_says_which_stages_play() -> None:
             shard_config(parser.parse_args(["run", "--stages-from", "cluster", *bad]))
 
 
+def test_shard_filter_and_feature_gate_flags_reach_the_shard_and_the_apiserver() -> None:
+    from shardlet.controlplane.cluster import Cluster, Options, State
+    from shardlet.runner import shard_config
+
+    cli._load_extensions()
+    parser = cli.build_parser()
+    assert shard_config(parser.parse_args(["run"])).server_shard_filter
+    assert not shard_config(parser.parse_args(["run", "--no-server-shard-filter"])).server_shard_filter
+    assert parser.parse_args(["cluster", "up"]).kube_feature_gates == "ShardedListAndWatch=true"
+    c = Cluster("flags")    # only builds its argument lists: nothing is written
+    st = State("flags", "", {"etcd": 1, "kube-apiserver": 2}, {}, {}, 0.0)
+    args = c._apiserver_args(st, Options(feature_gates=parser.parse_args(
+        ["cluster", "up", "--kube-feature-gates", "A=true,B=false"]).kube_feature_gates))
+    assert "--feature-gates=A=true,B=false" in args
+    assert not any(a.startswith("--feature-gates") for a in c._apiserver_args(st, Options(feature_gates="")))
+
+
 def test_bad_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("a: [unclosed")

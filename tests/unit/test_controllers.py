@@ -3,18 +3,26 @@ Node -> Lease and Pod controllers through callbacks (no apiserver: handlers fed 
 
 from __future__ import annotations
 
+import asyncio
+import random
+import uuid
 from typing import Any
 
 import pytest
 
+from shardlet.api import ApiError
 from shardlet.controllers.leases import LeaseControllerConfig
 from shardlet.controllers.nodes import NodeControllerConfig
 from shardlet.controllers.player import PlayerConfig
 from shardlet.controllers.pods import PodController, PodControllerConfig
-from shardlet.discovery import PODS
-from shardlet.ownership import EVERYTHING, Ownership, Table, bucket
+from shardlet.controllers.stages import StageController, StageControllerConfig
+from shardlet.discovery import PODS, Discovery, Resource
+from shardlet.ownership import EVERYTHING, Ownership, Table, bucket, uid_bucket
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 from shardlet.shard import Shard, ShardConfig
+from shardlet.stages.model import parse_stage
+from shardlet.watch import obj_key
+from shardlet.writer import Writer
 
 from .fakes import DeadKube
 
@@ -49,7 +57,7 @@ def test_ownership_is_one_value_for_nodes_and_objects() -> None:
     for name in (f"n-{i}" for i in range(50)):
         assert during.owns_node(name) == (bucket(name, 16) in during.mine)
     obj = {"metadata": {"uid": "u-1", "name": "x", "namespace": "ns"}}
-    assert a.owns_object(obj) == (bucket("u-1", 16) in a.mine)
+    assert a.owns_object(obj) == (uid_bucket("u-1", 16) in a.mine)
     assert Ownership.of("z", old).bucket_selector("l") == "l in (none)"
     assert Ownership(4, frozenset({3, 1})).bucket_selector("l") == "l in (1,3)"
     with pytest.raises(ValueError):
@@ -93,3 +101,122 @@ async def test_a_new_slice_moves_nodes_with_their_leases_and_pods() -> None:
     await s.set_ownership(Ownership.of("a", table))
     assert s.nodes.served == mine and set(s.leases.uids) == mine
     assert kube.calls.count("get") == len(mine) and kube.calls.count("list_all") == len(mine)
+
+
+# -- the generic Stage controller's slice: by the apiserver's shardSelector, or here ---------------
+class _ShardingKube:
+    """Lists a fixed set of ConfigMaps; filters by shardSelector only if ``gate`` (as the apiserver
+    does with ShardedListAndWatch on, echoing shardInfo), and ignores it otherwise."""
+
+    def __init__(self, objs: list[dict[str, Any]], slices: dict[str, Ownership], gate: bool) -> None:
+        self.objs, self.slices, self.gate = objs, slices, gate
+        self.params: list[dict[str, Any]] = []
+
+    async def list_pages(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        self.params.append(params)
+        sel = params.get("shardSelector")
+        if not (self.gate and sel):
+            return list(self.objs), {"resourceVersion": "9"}
+        own = self.slices[sel]
+        return [o for o in self.objs if own.owns_object(o)], {"resourceVersion": "9", "shardInfo": {"selector": sel}}
+
+    async def watch(self, path: str, **_: Any) -> Any:
+        await asyncio.Event().wait()
+        yield {}
+
+
+CONFIGMAPS = Resource("v1", "ConfigMap", "configmaps", True)
+
+
+def _configmaps(n: int) -> list[dict[str, Any]]:
+    rng = random.Random(n)   # random v4-like uids, as the apiserver gives
+    return [{"metadata": {"name": f"cm-{i}", "namespace": "default", "uid": str(uuid.UUID(int=rng.getrandbits(128))),
+                          "resourceVersion": "1"}} for i in range(n)]
+
+
+@pytest.mark.parametrize("gate", [True, False], ids=["server-filters", "apiserver-without-gate"])
+async def test_stage_controller_plays_its_slice_whoever_filters(gate: bool) -> None:
+    objs = _configmaps(60)
+    t1 = Table(1, ("a", "b"), tuple(b % 2 for b in range(16)))
+    t2 = Table(2, ("a", "b", "c"), tuple(1 if b % 2 else 2 * (b % 4 == 2) for b in range(16)))   # c takes half of a's
+    own1, own2 = Ownership.of("a", t1), Ownership.of("a", t2)
+    kube = _ShardingKube(objs, {str(o.shard_selector()): o for o in (own1, own2)}, gate)
+    c = StageController(Writer(kube, Discovery(kube), "a"), StageControllerConfig(CONFIGMAPS, "a"), [], own1,  # type: ignore[arg-type]
+                        funcs={})
+    planned: set[str] = set()
+    c.player.plan = lambda key, _obj: planned.add(key)   # type: ignore[method-assign]
+    c.player.cancel = planned.discard                    # type: ignore[method-assign]
+
+    def slice_of(own: Ownership) -> set[str]:
+        return {obj_key(o) for o in objs if own.owns_object(o)}
+    await c.start()
+    try:
+        assert kube.params[-1]["shardSelector"] == own1.shard_selector()
+        assert c.filtered_by == ("server" if gate else "client")
+        assert planned == slice_of(own1) and 0 < len(planned) < len(objs)
+        await c.set_ownership(own2)       # a third shard: some objects leave, none arrive
+        assert kube.params[-1]["shardSelector"] == own2.shard_selector()
+        assert planned == slice_of(own2) and slice_of(own2) < slice_of(own1)
+        await c.set_ownership(Ownership.of("a", Table(3, ("a",), (0,) * 16)))   # alone again: everything
+        assert "shardSelector" not in kube.params[-1] and c.filtered_by == "client"
+        assert planned == {obj_key(o) for o in objs}
+    finally:
+        await c.stop()
+
+
+async def test_stage_controller_without_server_filter_sends_no_selector() -> None:
+    own = Ownership.of("a", Table(1, ("a", "b"), tuple(b % 2 for b in range(16))))
+    kube = _ShardingKube(_configmaps(10), {}, gate=True)
+    c = StageController(Writer(kube, Discovery(kube), "a"),   # type: ignore[arg-type]
+                        StageControllerConfig(CONFIGMAPS, "a", server_filter=False), [], own, funcs={})
+    await c.start()
+    await c.stop()
+    assert "shardSelector" not in kube.params[0] and c.filtered_by == "client"
+    assert StageController(Writer(kube, Discovery(kube), "a"), StageControllerConfig(CONFIGMAPS, "a"),  # type: ignore[arg-type]
+                           [], EVERYTHING, funcs={}).filtered_by == "none"
+
+
+async def test_a_resource_that_cannot_be_listed_is_reported_and_holds_nothing_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RBAC that forbids the list (or an aggregated API that is down) must not keep the shard from
+    starting: start() returns after the first try, status names the Stage and the kind, and once
+    the list is allowed the objects are played."""
+    async def no_wait(current: float, hint: float | None = None) -> float:
+        await asyncio.sleep(0)
+        return current
+    monkeypatch.setattr("shardlet.watch._sleep_backoff", no_wait)
+    objs = _configmaps(20)
+    kube = _ShardingKube(objs, {}, gate=False)
+    allowed = asyncio.Event()
+    listed = kube.list_pages
+
+    async def forbidden_until_allowed(path: str, **params: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if not allowed.is_set():
+            await asyncio.sleep(0)
+            raise ApiError(403, "Forbidden", 'configmaps is forbidden: User "shardlet" cannot list resource')
+        return await listed(path, **params)
+    kube.list_pages = forbidden_until_allowed    # type: ignore[method-assign]
+    stage = [parse_stage({"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "cm-seen"},
+                          "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"},
+                                   "selector": {"matchLabels": {"x": "y"}}, "next": {}}})]
+    s = Shard(DeadKube(), ShardConfig(watch_stages=False, token_exchange=False))   # type: ignore[arg-type]
+    c = StageController(Writer(kube, Discovery(kube), "a"), StageControllerConfig(CONFIGMAPS, "a"),  # type: ignore[arg-type]
+                        stage, EVERYTHING, funcs={})
+    planned: set[str] = set()
+    c.player.plan = lambda key, _obj: planned.add(key)   # type: ignore[method-assign]
+    s.controllers[("v1", "ConfigMap")] = c
+    await c.start()
+    try:
+        assert "403 Forbidden" in c.error and not planned
+        assert s.status()["stage_errors"] == [
+            "stage cm-seen: spec.resourceRef ConfigMap in v1: cannot list configmaps: 403 Forbidden: "
+            'configmaps is forbidden: User "shardlet" cannot list resource']
+        half = Ownership.of("a", Table(1, ("a", "b"), tuple(b % 2 for b in range(16))))
+        await c.set_ownership(half)            # a hand-off is not held up by the refusal either
+        assert "403 Forbidden" in c.error and not planned
+        allowed.set()
+        await c.reflector.synced.wait()
+        assert planned == {obj_key(o) for o in objs if half.owns_object(o)} and planned
+        assert not c.error and s.status()["stage_errors"] == []
+    finally:
+        await c.stop()

@@ -432,7 +432,7 @@ def test_apply_steps() -> None:
     s2 = Stage(**{**{f: getattr(s, f) for f in Stage.__dataclass_fields__}, "steps": (Step(apply=apply),)})
     a = StageEngine([s2]).actions(s2, obj(), {})
     assert a.applies == [Apply("status", "apply", {"apiVersion": "v1", "kind": "PersistentVolume",
-                                                   "metadata": {"name": "x"}})]
+                                                   "metadata": {"name": "x"}}, field="spec.steps[0].apply")]
     assert a.ordered == a.applies and a.patches == [] and not a.delete
 
 

@@ -670,9 +670,9 @@ async def test_reflector_survives_a_handler_failure() -> None:
         def __init__(self) -> None:
             self.watching = asyncio.Event()
 
-        async def list_all(self, path: str, **_: Any) -> tuple[list[dict[str, Any]], str]:
+        async def list_pages(self, path: str, **_: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             return [{"metadata": {"name": "bad", "resourceVersion": "1"}},
-                    {"metadata": {"name": "good", "resourceVersion": "2"}}], "2"
+                    {"metadata": {"name": "good", "resourceVersion": "2"}}], {"resourceVersion": "2"}
 
         async def watch(self, path: str, **_: Any) -> Any:
             for name, rv in (("bad2", "3"), ("good2", "4")):

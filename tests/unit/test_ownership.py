@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -16,7 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator.messages import Slice
-from shardlet.ownership import DEFAULT_BUCKETS, Table, balance, bucket
+from shardlet.ownership import (
+    DEFAULT_BUCKETS,
+    EVERYTHING,
+    Ownership,
+    Table,
+    balance,
+    bucket,
+    bucket_range,
+    fnv1a64,
+    uid_bucket,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -246,3 +257,68 @@ def test_bad_slices(data: bytes, match: str) -> None:
         Slice.from_bytes(data)
     with pytest.raises(ValueError, match="must be bytes"):
         Slice.from_bytes("slice")  # type: ignore[arg-type]
+
+
+# -- generic objects: uid buckets and the apiserver's shardSelector ------------------------------
+def test_fnv1a64_is_gos_hash_fnv() -> None:
+    # Go's hash/fnv test vectors for New64a (what k8s.io/apimachinery/pkg/sharding.HashField uses)
+    assert fnv1a64("") == 0xCBF29CE484222325
+    assert fnv1a64("a") == 0xAF63DC4C8601EC8C
+    assert fnv1a64("ab") == 0x089C4407B545986A
+    assert fnv1a64("abc") == 0xE71FA2190541574B
+    assert fnv1a64("4b2f7e1c-0d2a-4c53-9a57-3f6b2f0e8c11") == 0x262733BFCEE5B8C6
+
+
+@pytest.mark.parametrize("buckets", [1, 3, 16, 1000, 1024])
+def test_bucket_ranges_tile_the_hash_space_and_hold_their_uids(buckets: int) -> None:
+    ranges = [bucket_range(b, buckets) for b in range(buckets)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1 << 64
+    assert all(ranges[b][1] == ranges[b + 1][0] for b in range(buckets - 1))
+    rng = random.Random(buckets)
+    for _ in range(3000):
+        u = str(uuid.UUID(int=rng.getrandbits(128)))
+        lo, hi = ranges[uid_bucket(u, buckets)]
+        assert lo <= fnv1a64(u) < hi
+
+
+def _go_matches(selector: str, uid: str) -> bool:
+    """k8s.io/apimachinery/pkg/sharding's shardSelector.Matches: hex strings compared length first."""
+    def less(a: str, b: str) -> bool:
+        return len(a) < len(b) if len(a) != len(b) else a < b
+    h = f"0x{fnv1a64(uid):016x}"
+    reqs = re.findall(r"shardRange\(object\.metadata\.uid, '(0x[0-9a-f]+)', '(0x[0-9a-f]+)'\)", selector)
+    assert len(reqs) == selector.count("shardRange(") == selector.count(" || ") + 1
+    for start, end in reqs:
+        body = start[2:], end[2:]
+        # the parser's rules: 16 hex digits, or 2**64 as the exclusive end; start < end
+        assert all(len(x) == 16 for x in body[:1]) and (len(body[1]) == 16 or end == "0x10000000000000000")
+        assert less(start, end)
+    return any(not less(h, start) and less(h, end) for start, end in reqs)
+
+
+@STATS
+@given(s=st.integers(2, 8), buckets=st.sampled_from([16, 1000, 1024]), seed=st.integers(0, 10**6))
+def test_shard_selector_selects_exactly_what_the_shard_owns(s: int, buckets: int, seed: int) -> None:
+    rng = random.Random(seed)
+    w = [rng.randrange(4) for _ in range(buckets)]
+    table = balance(canonical(s), epoch=1, buckets=buckets, weights=w)
+    uids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(400)]
+    owners = {u: [sh for sh in table.shards if Ownership.of(sh, table).owns_object({"metadata": {"uid": u}})]
+              for u in uids}
+    assert all(len(o) == 1 for o in owners.values())          # every object played once
+    for sh in table.shards:
+        own = Ownership.of(sh, table)
+        sel = own.shard_selector()
+        assert sel is not None
+        assert [u for u in uids if _go_matches(sel, u)] == [u for u in uids if owners[u] == [sh]]
+
+
+def test_shard_selector_merges_adjacent_buckets_and_is_absent_where_nothing_filters() -> None:
+    assert Ownership(4, frozenset({0, 1, 3})).shard_selector() == (
+        "shardRange(object.metadata.uid, '0x0000000000000000', '0x8000000000000000') || "
+        "shardRange(object.metadata.uid, '0xc000000000000000', '0x10000000000000000')")
+    assert EVERYTHING.shard_selector() is None                      # unsharded
+    assert Ownership(4, frozenset(range(4))).shard_selector() is None   # every bucket
+    assert Ownership(4, frozenset()).shard_selector() is None         # no range can be empty
+    # past what the apiserver's CEL parser takes, the shard filters on its own
+    assert Ownership(8192, frozenset(range(0, 8192, 2))).shard_selector() is None
