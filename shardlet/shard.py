@@ -253,9 +253,9 @@ class Shard:
         if own == self.own:
             return
         self.own = own
+        await self.nodes.set_ownership(own)      # nodes first: their leases are what runs out
         for c in list(self.controllers.values()):
             await c.set_ownership(own)
-        await self.nodes.set_ownership(own)
 
     # -- run -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -269,8 +269,6 @@ class Shard:
         await self.stages.start()
         if self.resource_metrics is not None:
             self.tasks.extend(asyncio.create_task(r.run()) for r in self.resource_metrics.reflectors(self.kube))
-        await self.nodes.start()
-        await self.pods.start()
         for p in self.cfg.profiles:
             for obj in profile_objects(p):
                 try:
@@ -278,7 +276,12 @@ class Shard:
                 except (ApiError, NotServed) as e:
                     log.warning("profile_object_failed", shard=self.cfg.name, profile=p, kind=obj.get("kind"),
                                 name=(obj.get("metadata") or {}).get("name"), error=str(e))
+        # generic controllers list before the nodes do: once nodes are served, one pod list per
+        # node floods the connection pool, and a restarted shard counts as served only when
+        # start() returns
         await self._sync_controllers()
+        await self.nodes.start()
+        await self.pods.start()
         self.tasks.append(asyncio.create_task(self._rediscover()))
         heap.freeze()
         self.ready.set()
