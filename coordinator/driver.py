@@ -233,6 +233,7 @@ class Coordinator:
         import ray
 
         a = self.actors.pop(sid, None)
+        self.failing_since.pop(sid, None)
         if a is None:
             return
         try:
@@ -247,7 +248,8 @@ class Coordinator:
         every ``failing_interval``, so its restart is seen and handed its slice without waiting out
         a whole tick: that wait is most of a kill -9's recovery time on a busy machine."""
         while True:
-            await asyncio.sleep(failing_interval if self.failing_since else interval)
+            failing = self.table is not None and any(s in self.failing_since for s in self.table.shards)
+            await asyncio.sleep(failing_interval if failing else interval)
             async with self._lock:
                 await self._check_all()
                 await self._maybe_rebalance()

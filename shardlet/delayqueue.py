@@ -61,6 +61,11 @@ class DelayQueue(Generic[K, T]):
     def cancel(self, key: K) -> None:
         self._pending.pop(key, None)
 
+    def retain(self, keep: Callable[[K, T], bool]) -> None:
+        """Drop every queued item that ``keep`` refuses (items in flight are past recall)."""
+        for k in [k for k, (_seq, item) in self._pending.items() if not keep(k, item)]:
+            del self._pending[k]
+
     def pending(self, key: K) -> T | None:
         e = self._pending.get(key)
         return e[1] if e else None

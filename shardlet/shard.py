@@ -80,6 +80,7 @@ class ShardConfig:
     token_exchange: bool = True                       # a client certificate is swapped for a
                                                       # service-account token (shardlet.satoken)
     server_shard_filter: bool = True                  # generic controllers send a shardSelector
+    generic_head_start: float = 5.0                   # seconds start() lets generic lists go before nodes
 
 
 class Shard:
@@ -276,12 +277,15 @@ class Shard:
                 except (ApiError, NotServed) as e:
                     log.warning("profile_object_failed", shard=self.cfg.name, profile=p, kind=obj.get("kind"),
                                 name=(obj.get("metadata") or {}).get("name"), error=str(e))
-        # generic controllers list before the nodes do: once nodes are served, one pod list per
+        # generic controllers list before the nodes do (once nodes are served, one pod list per
         # node floods the connection pool, and a restarted shard counts as served only when
-        # start() returns
-        await self._sync_controllers()
+        # start() returns), but for a bounded head start only: a list that hangs (an aggregated
+        # API that is down) must not keep the nodes' leases waiting
+        generic = asyncio.create_task(self._sync_controllers())
+        await asyncio.wait({generic}, timeout=self.cfg.generic_head_start)
         await self.nodes.start()
         await self.pods.start()
+        await generic
         self.tasks.append(asyncio.create_task(self._rediscover()))
         heap.freeze()
         self.ready.set()

@@ -108,6 +108,10 @@ class StagePlayer:
     def cancel(self, key: str) -> None:
         self.queue.cancel(key)
 
+    def retain(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the queued jobs whose object ``keep`` refuses."""
+        self.queue.retain(lambda _k, job: keep(job.obj))
+
     def pending(self, key: str) -> tuple[Stage, dict[str, Any]] | None:
         job = self.queue.pending(key)
         return None if job is None else (job.stage, job.obj)

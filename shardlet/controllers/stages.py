@@ -123,6 +123,9 @@ class StageController:
         if own == self.own:
             return
         self.own = own
+        # now, not when the new list arrives: a list that fails (and is retried) must not leave
+        # jobs queued for objects another shard is about to acquire
+        self.player.retain(own.owns_object)
         await self.reflector.replay({"shardSelector": self._shard_selector(own)})
 
     # -- events ------------------------------------------------------------------------------

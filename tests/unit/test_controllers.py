@@ -220,3 +220,35 @@ async def test_a_resource_that_cannot_be_listed_is_reported_and_holds_nothing_up
         assert not c.error and s.status()["stage_errors"] == []
     finally:
         await c.stop()
+
+
+async def test_a_new_slice_drops_queued_jobs_of_released_objects_even_if_its_list_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release half of a hand-off: once set_ownership returns, no job may stay queued for an
+    object the shard gave up, though the new list failed (another shard acquires it next)."""
+    async def no_wait(current: float, hint: float | None = None) -> float:
+        await asyncio.Event().wait()    # the retry never comes within this test
+        return current
+    monkeypatch.setattr("shardlet.watch._sleep_backoff", no_wait)
+    objs = _configmaps(40)
+    kube = _ShardingKube(objs, {}, gate=False)
+    delayed = [parse_stage({"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "later"},
+                            "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"}, "selector": {},
+                                     "delay": {"durationMilliseconds": 3_600_000}, "next": {"delete": True}}})]
+    whole, half = (Ownership.of("a", Table(1, ("a",), (0,) * 16)),
+                   Ownership.of("a", Table(2, ("a", "b"), tuple(b % 2 for b in range(16)))))
+    c = StageController(Writer(kube, Discovery(kube), "a"), StageControllerConfig(CONFIGMAPS, "a"),  # type: ignore[arg-type]
+                        delayed, whole, funcs={})
+    await c.start()
+    try:
+        assert len(c.player) == len(objs)                     # every object waits for its delay
+
+        async def failing(path: str, **params: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            raise ApiError(503, "ServiceUnavailable", "try later")
+        kube.list_pages = failing                             # type: ignore[method-assign]
+        await c.set_ownership(half)
+        kept = {obj_key(o) for o in objs if half.owns_object(o)}
+        assert c.error.startswith("503") and 0 < len(kept) < len(objs)
+        assert {obj_key(o) for o in objs if c.player.pending(obj_key(o))} == kept
+    finally:
+        await c.stop()
