@@ -195,8 +195,6 @@ class Ownership:
         bucket) or nothing it can express (no bucket: a range must not be empty)."""
         if not self.count or not self.mine or len(self.mine) == self.count:
             return None
-        # the apiserver parses the selector as CEL, which refuses expressions over 100,000 code
-        # points: a slice in more runs than fit is filtered here instead
         runs: list[tuple[int, int]] = []
         for b in sorted(self.mine):
             if runs and runs[-1][1] == b:
@@ -206,6 +204,8 @@ class Ownership:
         out = " || ".join(
             f"shardRange(object.metadata.uid, '0x{bucket_range(lo, self.count)[0]:016x}', "
             f"'0x{bucket_range(hi - 1, self.count)[1]:016x}')" for lo, hi in runs)
+        # the apiserver parses the selector as CEL, which refuses expressions over 100,000 code
+        # points: a slice in more runs than fit is filtered here instead
         return out if len(out) <= _MAX_SHARD_SELECTOR else None
 
     def bucket_selector(self, label: str) -> str:

@@ -94,10 +94,7 @@ class Reflector:
         """Watch another selection: list it afresh (objects no longer selected are reported as
         DELETED) and watch on. A re-selection is not counted as a relist."""
         await self.stop()
-        if label_selector:
-            self.params["labelSelector"] = label_selector
-        else:
-            self.params.pop("labelSelector", None)
+        self._set_params({"labelSelector": label_selector or None})
         self.synced.clear()
         self.lists = 0
         self.start()
@@ -108,16 +105,20 @@ class Reflector:
         listing with ``params`` changed from now on (None drops one). Objects the new list does
         not have are reported as DELETED. Returns once the list was tried."""
         await self.stop()
-        for k, v in (params or {}).items():
-            if v is None:
-                self.params.pop(k, None)
-            else:
-                self.params[k] = v
+        self._set_params(params or {})
         self._redispatch = True
         self.synced.clear()
         self.tried.clear()
         self.start()
         await self.tried.wait()   # listed, or failed to (and retrying): never stuck on a refusal
+
+    def _set_params(self, params: Mapping[str, str | None]) -> None:
+        """Query parameters for the next list and watch (None drops one)."""
+        for k, v in params.items():
+            if v is None:
+                self.params.pop(k, None)
+            else:
+                self.params[k] = v
 
     def expect(self, key: str, resource_version: str) -> None:
         """Our own write made this version of the object: its watch event is no news, skip it."""
