@@ -168,8 +168,11 @@ class Reflector:
         self.server_filtered = "shardInfo" in lmeta if "shardSelector" in self.params else None
         redispatch = self._redispatch
         self.lists += 1
-        if self.lists > 1 and self.on_relist is not None:
-            self.on_relist()
+        if self.lists > 1:
+            # rare (a 410, a restart of the loop) and costly at scale: worth a line of its own
+            log.info("relisted", watch=self.name, items=len(items), rv=rv)
+            if self.on_relist is not None:
+                self.on_relist()
         seen: dict[str, str] = {}
         for obj in items:
             k = obj_key(obj)
