@@ -481,6 +481,26 @@ def _int_arg(v: Any) -> int:
     raise TypeError(f"wrong type for value; expected int; got {_gotype(v)}")
 
 
+# sprig has no limits here; one Stage object must not take a shard's memory. Both stay far above
+# anything a manifest needs (kwok's own templates use neither).
+MAX_UNTIL = 100_000
+MAX_REPEAT = 1 << 20
+
+
+def _until(n: Any) -> list[GoInt]:
+    count = _int_arg(n)
+    if count > MAX_UNTIL:
+        raise ValueError(f"until {count}: more than {MAX_UNTIL} items")
+    return [GoInt(i) for i in range(count)]
+
+
+def _repeat(n: Any, s: Any) -> str:
+    text, count = _str_arg("repeat", s), max(_int_arg(n), 0)
+    if len(text) * count > MAX_REPEAT:
+        raise ValueError(f"repeat {count}: result longer than {MAX_REPEAT >> 20} MiB")
+    return text * count
+
+
 def _indent(spaces: Any, v: Any) -> str:
     pad = " " * _int_arg(spaces)
     return pad + _str_arg("indent", v).replace("\n", "\n" + pad)
@@ -625,7 +645,7 @@ def _sprig_funcs() -> dict[str, Callable[..., Any]]:
         "contains": lambda sub, s: _str_arg("contains", sub) in _str_arg("contains", s),
         "hasPrefix": lambda p, s: _str_arg("hasPrefix", s).startswith(_str_arg("hasPrefix", p)),
         "hasSuffix": lambda p, s: _str_arg("hasSuffix", s).endswith(_str_arg("hasSuffix", p)),
-        "repeat": lambda n, s: _str_arg("repeat", s) * max(_int_arg(n), 0),
+        "repeat": _repeat,
         "substr": _substr,
         "trunc": _trunc,
         "replace": lambda old, new, src: _str_arg("replace", src).replace(
@@ -659,7 +679,7 @@ def _sprig_funcs() -> dict[str, Callable[..., Any]]:
         "keys": _keys,
         "first": _first,
         "last": _last,
-        "until": lambda n: [GoInt(i) for i in range(_int_arg(n))],
+        "until": _until,
         # arithmetic (int64, as sprig)
         "add": lambda *v: sum(_to_int(x) for x in v),
         "add1": lambda v: _to_int(v) + 1,

@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 MAX_EXEC_DEPTH = 100  # nested {{template}} calls (Go: 100000; Python's stack is far smaller)
+# One Stage object must not stall a shard's event loop or exhaust its memory (Go's text/template
+# has neither limit): range iterations per execution, {{template}} calls included, and output size.
+# An object the apiserver would store is at most 1.5 MiB, so no useful render comes near either.
+MAX_RANGE_STEPS = 100_000
+MAX_OUTPUT = 4 << 20
 MAX_PAREN_DEPTH = 100  # nested parenthesised pipelines (Go: 10000)
 _CODEGEN = True  # compile statements to Python source (False: closure tree only; for tests)
 
@@ -2812,8 +2817,38 @@ Val = Callable[["_State", Any], Any]
 Cmd = Callable[["_State", Any, Any], Any]
 
 
+class _Budget:
+    """What one execution may still spend; shared by the {{template}} calls it makes. Checked per
+    range iteration and per call, not per write: without them a template writes at most its own
+    text and the values it prints once each, so a plain template pays nothing per write."""
+
+    __slots__ = ("name", "out", "seen", "size", "steps")
+
+    def __init__(self, name: str, out: list[str]) -> None:
+        self.name = name
+        self.out = out
+        self.steps = MAX_RANGE_STEPS
+        self.seen = 0      # pieces of out already counted into size
+        self.size = 0
+
+    def tick(self) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise TemplateError(f"template: {self.name}: more than {MAX_RANGE_STEPS} range iterations")
+        if len(self.out) - self.seen > 16:   # measured every few pieces: a small loop pays nothing
+            self.measure()
+
+    def measure(self) -> None:
+        out = self.out
+        for i in range(self.seen, len(out)):
+            self.size += len(out[i])
+        self.seen = len(out)
+        if self.size > MAX_OUTPUT:
+            raise TemplateError(f"template: {self.name}: output larger than {MAX_OUTPUT >> 20} MiB")
+
+
 class _State:
-    __slots__ = ("depth", "funcs", "tmpls", "vars", "w")
+    __slots__ = ("budget", "depth", "funcs", "tmpls", "vars", "w")
 
     def __init__(
         self,
@@ -2822,12 +2857,14 @@ class _State:
         funcs: Mapping[str, Callable[..., Any]],
         tmpls: dict[str, _Compiled],
         depth: int,
+        budget: _Budget,
     ) -> None:
         self.w = w
         self.vars = vars
         self.funcs = funcs
         self.tmpls = tmpls
         self.depth = depth
+        self.budget = budget
 
 
 class _Compiled:
@@ -3229,8 +3266,10 @@ class _Compiler:
         def iterate(st: _State, items: Iterable[tuple[Any, Any]]) -> bool:
             ran = False
             vars = st.vars
+            tick = st.budget.tick
             for i, e in items:
                 ran = True
+                tick()
                 if not plain:
                     for sl, nm, x in zip(slots, names, (e,) if nd == 1 else (i, e), strict=False):
                         _store(vars, sl, x, pre, nm)
@@ -3266,7 +3305,9 @@ class _Compiler:
                     # Fast path: no index variable and no break/continue.
                     if val:
                         vars = st.vars
+                        tick = st.budget.tick
                         for e in val:
+                            tick()
                             te = type(e)
                             if te is int or te is float:
                                 e = _num(e)
@@ -3318,7 +3359,9 @@ class _Compiler:
             newdot = ev(st, dot) if ev is not None else NOVALUE
             vars = [_UNSET] * t.nslots
             vars[0] = newdot
-            t.run(_State(st.w, vars, st.funcs, st.tmpls, st.depth + 1), newdot)
+            st.budget.measure()
+            st.budget.tick()
+            t.run(_State(st.w, vars, st.funcs, st.tmpls, st.depth + 1, st.budget), newdot)
 
         return run
 
@@ -3758,7 +3801,8 @@ def _range_items(val: Any, pre: str) -> Any:
     if isinstance(val, Mapping):
         return [_cv(val[k]) for k in _sorted_keys(val)] or None
     if isinstance(val, int) and not isinstance(val, bool):
-        return [GoInt(i) for i in range(int(val))] or None
+        # lazily: the budget stops {{range 100000000}} before a list that size exists
+        return (GoInt(i) for i in range(int(val))) if val > 0 else None
     raise TemplateError(pre + "range can't iterate over " + sprint(val))
 
 
@@ -3902,7 +3946,7 @@ class _CodeGen:
         slots = [var.slot for var in pipe.decl]
         nd = len(slots)
         ev = self.const(comp.pipe_value(pipe), "E")
-        r, it, d, k, t = (self.name(x) for x in ("r", "it", "d", "k", "t"))
+        r, it, d, k, t, tk = (self.name(x) for x in ("r", "it", "d", "k", "t", "tk"))
         self.emit(depth, f"{r} = {ev}(st, {dot})")
         self.emit(depth, f"if {r} is None:")
         self.emit(depth + 1, f"{r} = NOVALUE")
@@ -3918,7 +3962,9 @@ class _CodeGen:
         self.emit(depth, "else:")
         self.emit(depth + 1, f"{it} = {helper}({r})")
         self.emit(depth, f"if {it} is not None:")
+        self.emit(depth + 1, f"{tk} = st.budget.tick")
         self.emit(depth + 1, f"for {k + ', ' if nd == 2 else ''}{d} in {it}:")
+        self.emit(depth + 2, f"{tk}()")
         self.emit(depth + 2, f"{t} = type({d})")
         self.emit(depth + 2, f"if {t} is int or {t} is float:")
         self.emit(depth + 3, f"{d} = _num({d})")
@@ -3989,7 +4035,8 @@ class Template:
         root = NOVALUE if data is None else data
         vars = [_UNSET] * main.nslots
         vars[0] = root
-        st = _State(out.append, vars, funcs if funcs is not None else _EMPTY_FUNCS, self._tmpls, 0)
+        st = _State(out.append, vars, funcs if funcs is not None else _EMPTY_FUNCS, self._tmpls, 0,
+                    _Budget(self.name, out))
         try:
             main.run(st, root)
         except TemplateError:
