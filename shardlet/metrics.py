@@ -21,6 +21,9 @@ class ShardMetrics:
         self._relists = Counter("shardlet_relists_total", "Full relists after a 410 or restart",
                                 ["shard", "resource"], registry=r)
         self._transitions = Counter("shardlet_stage_transitions_total", "Stages applied", ["shard", "stage"], registry=r)
+        self._task_restarts = Counter("shardlet_task_restarts_total",
+                                      "Long-lived loops restarted after an unexpected failure", ["shard", "kind"],
+                                      registry=r)
         self._stage_errors = Counter("shardlet_stage_errors_total", "Stages that failed to apply",
                                      ["shard", "stage"], registry=r)
         self.lease_renewals = Counter("shardlet_lease_renewals_total", "Node lease renewals", ["shard", "result"],
@@ -57,6 +60,9 @@ class ShardMetrics:
         if c is None:
             c = self._tr_children[stage] = self._transitions.labels(self.shard, stage)
         c.inc()
+
+    def task_restart(self, kind: str) -> None:
+        self._task_restarts.labels(self.shard, kind).inc()
 
     def stage_error(self, stage: str) -> None:
         self._stage_errors.labels(self.shard, stage).inc()

@@ -44,6 +44,7 @@ from shardlet.satoken import TokenKeeper
 from shardlet.stages.engine import StageEngine
 from shardlet.stages.funcs import base_funcs
 from shardlet.stages.model import Stage, profile_objects
+from shardlet.supervise import Supervisor
 from shardlet.writer import Writer
 
 __all__ = ["FAKE_ANNOTATION", "Shard", "ShardConfig"]
@@ -103,6 +104,8 @@ class Shard:
         self.node_buckets: dict[str, int] = {}
         self.ready = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        # every long-lived loop of this shard: one that fails unexpectedly is restarted and counted
+        self.supervisor = Supervisor(on_restart=self.metrics.task_restart)
 
         # leases get connections of their own, like the kubelet's heartbeat client: a backlog of
         # stage writes must not hold a renewal back until the node goes NotReady
@@ -118,7 +121,7 @@ class Shard:
         self.discovery = Discovery(kube)
         self.writer = Writer(kube, self.discovery, config.name)
         self.stages = StageSource(kube, shard=config.name, profiles=config.profiles, files=config.stage_files,
-                                  watch=config.watch_stages, on_change=self._on_stages)
+                                  watch=config.watch_stages, on_change=self._on_stages, supervisor=self.supervisor)
         self.resource_metrics = ResourceMetrics(
             config.name, lambda n: self.pods.on_node(n), config.metric_files) if config.node_metrics else None
         self.nodes = NodeController(
@@ -130,7 +133,7 @@ class Shard:
             on_seen=self._node_seen, on_ready=self._node_ready, on_adopt=self._node_adopted,
             on_acquire=self._node_acquired, on_release=self._node_released, on_forget=self._node_forgotten,
             on_event=self.metrics.watch_event, on_relist=lambda: self.metrics.relist("nodes"),
-            on_transition=self._transition, on_error=self._stage_failed)
+            on_transition=self._transition, on_error=self._stage_failed, supervisor=self.supervisor)
         self.pods = PodController(
             kube, self.writer,
             PodControllerConfig(config.name, config.cidr, config.node_ip, config.pod_watch, config.stage_concurrency),
@@ -138,7 +141,7 @@ class Shard:
             gate=self.leases_first.turn, on_seen=self._pod_seen, on_gone=self._pod_gone,
             on_count=self.metrics.pods.set, on_event=self.metrics.watch_event,
             on_relist=lambda: self.metrics.relist("pods"), on_transition=self._transition,
-            on_error=self._stage_failed)
+            on_error=self._stage_failed, supervisor=self.supervisor)
         self.controllers: dict[tuple[str, str], StageController] = {}
         self._controllers_lock = asyncio.Lock()
         self._sync_tasks: set[asyncio.Task[None]] = set()
@@ -228,7 +231,8 @@ class Shard:
                 c = StageController(self.writer, StageControllerConfig(
                                         res, self.cfg.name, server_filter=self.cfg.server_shard_filter),
                                     stages, self.own,
-                                    funcs=self.funcs, on_transition=self._transition, on_error=self._stage_failed)
+                                    funcs=self.funcs, on_transition=self._transition, on_error=self._stage_failed,
+                                    supervisor=self.supervisor)
                 self.controllers[(group, kind)] = c
                 await c.start()
                 log.info("stage_controller_started", shard=self.cfg.name, resource=str(res), stages=c.stage_names)
@@ -266,10 +270,11 @@ class Shard:
             port = self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_addr)
             log.info("metrics_serving", shard=self.cfg.name, port=port)
         if self.cfg.lease_duration > 0:
-            self.tasks.append(asyncio.create_task(self.leases.run()))
+            self.tasks.append(self.supervisor.spawn("leases", "leases", self.leases.run))
         await self.stages.start()
         if self.resource_metrics is not None:
-            self.tasks.extend(asyncio.create_task(r.run()) for r in self.resource_metrics.reflectors(self.kube))
+            self.tasks.extend(self.supervisor.spawn("watch", r.name, r.run)
+                              for r in self.resource_metrics.reflectors(self.kube))
         for p in self.cfg.profiles:
             for obj in profile_objects(p):
                 try:
@@ -286,7 +291,7 @@ class Shard:
         await self.nodes.start()
         await self.pods.start()
         await generic
-        self.tasks.append(asyncio.create_task(self._rediscover()))
+        self.tasks.append(self.supervisor.spawn("rediscover", "rediscover", self._rediscover))
         heap.freeze()
         self.ready.set()
         log.info("shard_ready", shard=self.cfg.name, nodes=len(self.nodes.served), pods=len(self.pods))
@@ -349,6 +354,7 @@ class Shard:
             "stage_watch_events": {str(c.res): c.reflector.events for c in self.controllers.values()},
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
+            **self.supervisor.status(),
         }
 
 

@@ -66,6 +66,9 @@ def _status(args: argparse.Namespace) -> int:
         # generic Stage controllers: who drops other shards' objects (server: shardSelector)
         if s.get("shard_filter"):
             print(f"{s.get('shard')}: " + "; ".join(f"{r} filtered by {f}" for r, f in sorted(s["shard_filter"].items())))
+        if s.get("task_restarts"):   # loops that failed unexpectedly and were restarted
+            print(f"{s.get('shard')}: restarted " + ", ".join(f"{k} x{n}" for k, n in sorted(s["task_restarts"].items()))
+                  + "; latest: " + "; ".join(f"{t}: {e}" for t, e in (s.get("task_errors") or {}).items()))
     return 0
 
 

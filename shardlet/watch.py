@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 
 from shardlet.api import ApiError, Kube
+from shardlet.supervise import Supervisor
 
 log = structlog.get_logger("shardlet.watch")
 
@@ -42,8 +43,10 @@ class Reflector:
     def __init__(self, kube: Kube, path: str, handler: Handler, *, name: str,
                  label_selector: str | None = None, field_selector: str | None = None,
                  shard_selector: str | None = None, timeout_seconds: int = 300, on_event: Callable[[str], None] | None = None,
-                 on_relist: Callable[[], None] | None = None) -> None:
+                 on_relist: Callable[[], None] | None = None, supervisor: Supervisor | None = None) -> None:
         self.kube = kube
+        # a failure the loop does not expect restarts it (a fresh list) instead of ending it
+        self.supervisor = supervisor or Supervisor()
         self.path = path
         self.handler = handler
         self.name = name
@@ -76,7 +79,7 @@ class Reflector:
     def start(self) -> None:
         """Run the list-then-watch loop as a task of its own (``stop`` ends it)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run())
+            self._task = self.supervisor.spawn("watch", self.name, self.run)
 
     def cancel(self) -> None:
         """Stop without waiting for the task to finish (from a synchronous handler)."""

@@ -32,6 +32,7 @@ from shardlet.delayqueue import DelayQueue, noop
 from shardlet.discovery import NODES
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.stages.engine import StageEngine
+from shardlet.supervise import Supervisor
 from shardlet.watch import Reflector
 from shardlet.writer import Writer
 
@@ -65,11 +66,14 @@ class NodeControllerConfig:
     concurrency: int = 64
     label_concurrency: int = 16
     retry_after: float = 1.0
+    label_retry_after: float = 5.0               # a bucket label that could not be written: again after
     annotations: tuple[tuple[str, str | None], ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.label_concurrency < 1:
             raise ValueError(f"node controller {self.shard}: concurrency must be >= 1")
+        if self.label_retry_after <= 0:
+            raise ValueError(f"node controller {self.shard}: label_retry_after must be > 0")
         sel = () if self.manage_all else parse_annotation_selector(self.annotation_selector)
         object.__setattr__(self, "annotations", sel)
 
@@ -115,10 +119,12 @@ class NodeController:
                  on_relist: Callable[[], None] = noop,
                  on_transition: Callable[[str], None] = noop,
                  on_error: Callable[[str, str], None] = noop,
+                 supervisor: Supervisor | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config
         self.own = ownership
+        self.supervisor = supervisor or Supervisor()
         self.base_funcs = funcs
         self.gate = gate
         self.on_seen = on_seen          # a managed node, as last seen (node metrics)
@@ -137,7 +143,7 @@ class NodeController:
                                   on_error=on_error, clock=clock)
         self.watch = Reflector(kube, "/api/v1/nodes", self.on_node, name="nodes",
                                label_selector=self._selector(), on_event=lambda _w: on_event("nodes"),
-                               on_relist=on_relist)
+                               on_relist=on_relist, supervisor=self.supervisor)
         self.unlabeled: Reflector | None = None
         self.labels: DelayQueue[str, None] = DelayQueue(self._label, concurrency=config.label_concurrency,
                                                         name="labels")
@@ -223,9 +229,10 @@ class NodeController:
     # -- bucket labels -----------------------------------------------------------------------
     def _on_unlabeled(self, typ: str, node: dict[str, Any]) -> None:
         """New nodes carry no bucket yet: the shard owning the bucket labels them."""
-        if typ == "DELETED" or not self.manages(node):
-            return
         name = node["metadata"]["name"]
+        if typ == "DELETED" or not self.manages(node):
+            self.labels.cancel(name)
+            return
         if self.own.owns_node(name):
             self.labels.put(name, None, 0.0)
 
@@ -237,9 +244,14 @@ class NodeController:
                     path_for("Node", name), {"metadata": {"labels": {BUCKET_LABEL: str(b)}}}, "merge"),
                     what=f"label {name}")
             self.labeled += 1
-        except ApiError as e:
-            if e.status != 404:
-                log.warning("label_failed", shard=self.cfg.shard, node=name, status=e.status)
+        except (ApiError, OSError, TimeoutError) as e:
+            if isinstance(e, ApiError) and e.status == 404:
+                return   # the node is gone
+            # no watch event brings an unlabeled node back: dropped, it would never be served
+            log.warning("label_failed", shard=self.cfg.shard, node=name, error=str(e)[:200],
+                        retry_in=self.cfg.label_retry_after)
+            if self.own.owns_node(name):
+                self.labels.put(name, None, self.cfg.label_retry_after)
 
     # -- ownership ---------------------------------------------------------------------------
     async def set_ownership(self, own: Ownership) -> None:
@@ -267,11 +279,13 @@ class NodeController:
 
     # -- run ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.player.run()), asyncio.create_task(self.labels.run())]
+        self._tasks = [self.supervisor.spawn("player", "player:nodes", self.player.run),
+                       self.supervisor.spawn("labels", "labels", self.labels.run)]
         if self.cfg.label_buckets and self.own.sharded:
             unl = ",".join(filter(None, [self.cfg.label_selector, f"!{BUCKET_LABEL}"]))
             self.unlabeled = Reflector(self.kube, "/api/v1/nodes", self._on_unlabeled, name="unlabeled-nodes",
-                                       label_selector=unl, on_event=lambda _w: self.on_event("nodes-unlabeled"))
+                                       label_selector=unl, on_event=lambda _w: self.on_event("nodes-unlabeled"),
+                                       supervisor=self.supervisor)
             self.unlabeled.start()
         self.watch.start()
         await self.watch.synced.wait()

@@ -32,6 +32,7 @@ from shardlet.discovery import PODS
 from shardlet.ipam import IPAM, IPAMError
 from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import StageError
+from shardlet.supervise import Supervisor
 from shardlet.watch import Reflector, obj_key
 from shardlet.writer import Writer
 
@@ -72,10 +73,12 @@ class PodController:
                  on_relist: Callable[[], None] = noop,
                  on_transition: Callable[[str], None] = noop,
                  on_error: Callable[[str, str], None] = noop,
+                 supervisor: Supervisor | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config
         self.base_funcs = funcs
+        self.supervisor = supervisor or Supervisor()
         self.serves = serves
         self.node = node
         self.on_seen = on_seen          # a served pod, as last seen (node metrics)
@@ -145,7 +148,8 @@ class PodController:
     def node_adopted(self, node: str) -> None:
         if self.cfg.watch == "node" and node not in self.node_watches:
             r = Reflector(self.kube, "/api/v1/pods", self.on_pod, name=f"pods:{node}",
-                          field_selector=f"spec.nodeName={node}", on_event=lambda _w: self.on_event("pods"))
+                          field_selector=f"spec.nodeName={node}", on_event=lambda _w: self.on_event("pods"),
+                          supervisor=self.supervisor)
             self.node_watches[node] = r
             r.start()
         for pod in self.orphans.pop(node, {}).values():
@@ -224,11 +228,11 @@ class PodController:
 
     # -- run ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self.player.run()))
+        self._tasks.append(self.supervisor.spawn("player", "player:pods", self.player.run))
         if self.cfg.watch == "cluster":
             self.watch = Reflector(self.kube, "/api/v1/pods", self.on_pod, name="pods",
                                    field_selector="spec.nodeName!=", on_event=lambda _w: self.on_event("pods"),
-                                   on_relist=self.on_relist)
+                                   on_relist=self.on_relist, supervisor=self.supervisor)
             self.watch.start()
             await self.watch.synced.wait()
 

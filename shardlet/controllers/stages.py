@@ -32,6 +32,7 @@ from shardlet.discovery import Resource
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import Stage
+from shardlet.supervise import Supervisor
 from shardlet.watch import Reflector, obj_key
 from shardlet.writer import Writer
 
@@ -60,8 +61,10 @@ class StageController:
                  funcs: Funcs,
                  on_transition: Callable[[str], None] = noop,
                  on_error: Callable[[str, str], None] = noop,
+                 supervisor: Supervisor | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = config
+        self.supervisor = supervisor or Supervisor()
         self.res = config.resource
         self.own = ownership
         self.player = StagePlayer(writer, PlayerConfig(self.res, config.concurrency, config.retry_after,
@@ -70,7 +73,7 @@ class StageController:
                                   on_transition=on_transition, on_error=on_error, clock=clock)
         self.set_stages(stages)
         self.reflector = Reflector(writer.kube, self.res.path(), self._on_event, name=f"stage:{self.res.plural}",
-                                   shard_selector=self._shard_selector(ownership))
+                                   shard_selector=self._shard_selector(ownership), supervisor=self.supervisor)
         self._task: asyncio.Task[None] | None = None
 
     def set_stages(self, stages: Sequence[Stage]) -> None:
@@ -92,7 +95,7 @@ class StageController:
         """Start, and return once the first list was tried: a resource the apiserver refuses to
         list (RBAC, an aggregated API that is down) is reported in ``error`` and tried again in
         the background, never holding up the shard or the other controllers."""
-        self._task = asyncio.create_task(self.player.run())
+        self._task = self.supervisor.spawn("player", f"player:{self.res.plural}", self.player.run)
         self.reflector.start()
         await self.reflector.tried.wait()
 

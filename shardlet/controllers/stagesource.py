@@ -24,6 +24,7 @@ import structlog
 from shardlet.api import Kube
 from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import Stage, load_profile, load_stage_yaml, load_stages
+from shardlet.supervise import Supervisor
 from shardlet.watch import Reflector
 
 __all__ = ["STAGES_PATH", "StageSource"]
@@ -36,7 +37,7 @@ STAGES_PATH = "/apis/kwok.x-k8s.io/v1alpha1/stages"
 class StageSource:
     def __init__(self, kube: Kube, *, shard: str, profiles: Sequence[str] = (), files: Sequence[str] = (),
                  watch: bool = True, on_change: Callable[[StageEngine], None] = lambda _e: None,
-                 crd_wait: float = 10.0) -> None:
+                 crd_wait: float = 10.0, supervisor: Supervisor | None = None) -> None:
         self.shard = shard
         self.watch = watch
         self.on_change = on_change
@@ -47,7 +48,8 @@ class StageSource:
         self.objects: dict[str, dict[str, Any]] = {}
         self.cluster: list[Stage] = []
         self.engine = StageEngine(self.static)
-        self.reflector = Reflector(kube, STAGES_PATH, self.on_stage, name="stages") if watch else None
+        self.reflector = Reflector(kube, STAGES_PATH, self.on_stage, name="stages",
+                                   supervisor=supervisor) if watch else None
 
     def _load_static(self, profiles: Sequence[str], files: Sequence[str]) -> list[Stage]:
         stages: list[Stage] = []

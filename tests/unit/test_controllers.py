@@ -12,7 +12,7 @@ import pytest
 
 from shardlet.api import ApiError
 from shardlet.controllers.leases import LeaseControllerConfig
-from shardlet.controllers.nodes import NodeControllerConfig
+from shardlet.controllers.nodes import NodeController, NodeControllerConfig
 from shardlet.controllers.player import PlayerConfig
 from shardlet.controllers.pods import PodController, PodControllerConfig
 from shardlet.controllers.stages import StageController, StageControllerConfig
@@ -20,6 +20,7 @@ from shardlet.discovery import PODS, Discovery, Resource
 from shardlet.ownership import EVERYTHING, Ownership, Table, bucket, uid_bucket
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 from shardlet.shard import Shard, ShardConfig
+from shardlet.stages.engine import StageEngine
 from shardlet.stages.model import parse_stage
 from shardlet.watch import obj_key
 from shardlet.writer import Writer
@@ -252,3 +253,37 @@ async def test_a_new_slice_drops_queued_jobs_of_released_objects_even_if_its_lis
         assert {obj_key(o) for o in objs if c.player.pending(obj_key(o))} == kept
     finally:
         await c.stop()
+
+
+async def test_a_bucket_label_that_fails_is_written_again_not_dropped() -> None:
+    """An unlabeled node comes from one watch event only: a label write refused once must be
+    retried, or the node is never served by anyone."""
+    class LabelKube(DeadKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patched: list[str] = []
+            self.labeled = asyncio.Event()
+
+        async def retrying(self, fn: Any, **_: Any) -> Any:
+            return await fn()
+
+        async def patch(self, path: str, body: Any, typ: str) -> Any:
+            self.patched.append(path)
+            if len(self.patched) == 1:
+                raise ApiError(403, "Forbidden", "RBAC not synced yet")
+            self.labeled.set()
+            return {}
+    kube = LabelKube()
+    own = Ownership.of("a", Table(1, ("a",), (0,) * 8))
+    nc = NodeController(kube, Writer(kube, Discovery(kube), "a"),   # type: ignore[arg-type]
+                        NodeControllerConfig("a", label_buckets=True, label_retry_after=0.01), StageEngine(()), own,
+                        funcs={})
+    run = asyncio.create_task(nc.labels.run())
+    try:
+        nc._on_unlabeled("ADDED", _node("n-1", 1))
+        await asyncio.wait_for(kube.labeled.wait(), 10)   # a guard: dropped, it would never come
+    finally:
+        run.cancel()
+    assert kube.patched == ["/api/v1/nodes/n-1"] * 2 and nc.labeled == 1
+    with pytest.raises(ValueError, match="label_retry_after must be > 0"):
+        NodeControllerConfig("a", label_retry_after=0)
