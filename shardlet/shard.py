@@ -342,6 +342,7 @@ class Shard:
             # [bucket, nodes] pairs: msgpack maps between processes take str keys only
             "bucket_nodes": sorted(Counter(self.node_buckets.values()).items()) if self.own.sharded else None,
             "pod_watches": len(self.pods.node_watches) or (1 if self.pods.watch else 0),
+            "orphan_pods": self.pods.orphan_pods,    # seen before their node, held until it comes
             # "token": short requests carry the service-account token (shardlet.satoken)
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
             "token_fallbacks": self.kube.token_fallbacks,

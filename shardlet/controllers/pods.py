@@ -8,7 +8,9 @@ controller through ``node_adopted`` / ``node_released`` / ``node_forgotten`` and
 ``serves`` and ``node`` lookups, so neither reaches into the other.
 
 A pod may be seen before its node (the watches race): it waits as an orphan and is played when
-its node is adopted. Pod IPs come from the node's pod CIDRs (or ``cidr``) through the IPAM, and
+its node is adopted. Orphans are bounded in count and bytes (pods naming nodes that never come
+must not fill a shard): past the bound only the node's name is kept, and its pods are listed
+when it comes. Pod IPs come from the node's pod CIDRs (or ``cidr``) through the IPAM, and
 go back to it when the pod is deleted. Only the key, node and uid of a pod are kept; the object
 itself lives only as long as a stage job needs it, so memory stays flat once pods are Running.
 """
@@ -22,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 
 from shardlet.api import ApiError, Kube
@@ -49,9 +52,12 @@ class PodControllerConfig:
     watch: str = "cluster"          # "cluster" | "node"
     concurrency: int = 64
     retry_after: float = 1.0
-    max_orphan_nodes: int = 10000   # nodes not seen yet whose pods are held back
+    max_orphan_pods: int = 50_000   # pods held back until their node is seen, at most ...
+    max_orphan_bytes: int = 64 << 20   # ... and their JSON size
 
     def __post_init__(self) -> None:
+        if self.max_orphan_pods < 0 or self.max_orphan_bytes < 0:
+            raise ValueError(f"pod controller {self.shard}: max_orphan_pods and max_orphan_bytes must be >= 0")
         if self.watch not in ("cluster", "node"):
             raise ValueError(f"pod controller {self.shard}: watch must be 'cluster' or 'node', got {self.watch!r}")
         if self.concurrency < 1:
@@ -89,7 +95,14 @@ class PodController:
         self.ipam = IPAM(config.cidr)   # raises ValueError naming a bad CIDR
         self.pods: dict[str, tuple[str, str]] = {}        # key -> (node, uid)
         self.by_node: dict[str, set[str]] = {}
-        self.orphans: dict[str, dict[str, dict[str, Any]]] = {}   # node -> pods seen before their node
+        # node -> pods seen before their node (with their size); past the bound, the node's name in
+        # `overflowed` (or, past that too, `overflowed_all`): its pods are listed when it comes
+        self.orphans: dict[str, dict[str, tuple[dict[str, Any], int]]] = {}
+        self.orphan_pods = 0
+        self.orphan_bytes = 0
+        self.overflowed: set[str] = set()
+        self.overflowed_all = False
+        self._listing: set[asyncio.Task[None]] = set()
         self.pod_ips: dict[str, list[str]] = {}            # pod uid -> IPs handed out
         self.player = StagePlayer(writer, PlayerConfig(PODS, config.concurrency, config.retry_after), engine,
                                   funcs=self.funcs, wanted=self.pods.__contains__, gate=gate,
@@ -119,8 +132,11 @@ class PodController:
             node = node or (old[0] if old else "")
             self.by_node.get(node, set()).discard(key)
             waiting = self.orphans.get(node)
-            if waiting is not None and waiting.pop(key, None) is not None and not waiting:
-                del self.orphans[node]   # deleted before its node came: not replayed with it
+            held = waiting.pop(key, None) if waiting is not None else None
+            if held is not None:          # deleted before its node came: not replayed with it
+                self._unhold(held)
+                if not waiting:
+                    del self.orphans[node]
             uid = (pod.get("metadata") or {}).get("uid") or (old[1] if old else "")
             if uid:
                 self._release_ips(str(uid))
@@ -128,8 +144,8 @@ class PodController:
             self.on_count(len(self.pods))
             return
         if not self.serves(node):
-            if self.node(node) is None and len(self.orphans) < self.cfg.max_orphan_nodes:
-                self.orphans.setdefault(node, {})[key] = pod   # its node event has not come yet
+            if self.node(node) is None:   # its node event has not come yet
+                self._hold(node, key, pod)
             return
         self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
         self.by_node.setdefault(node, set()).add(key)
@@ -144,6 +160,35 @@ class PodController:
             refl.expect(key, (pod.get("metadata") or {}).get("resourceVersion", ""))
         self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
 
+    # -- orphans ----------------------------------------------------------------------------
+    def _hold(self, node: str, key: str, pod: dict[str, Any]) -> None:
+        waiting = self.orphans.get(node)
+        old = waiting.pop(key, None) if waiting is not None else None
+        if old is not None:
+            self._unhold(old)
+        size = len(orjson.dumps(pod))
+        if (self.orphan_pods + 1 > self.cfg.max_orphan_pods
+                or self.orphan_bytes + size > self.cfg.max_orphan_bytes):
+            if len(self.overflowed) < self.cfg.max_orphan_pods:
+                self.overflowed.add(node)
+            elif not self.overflowed_all:
+                self.overflowed_all = True
+                log.warning("orphans_full", shard=self.cfg.shard, pods=self.orphan_pods, bytes=self.orphan_bytes)
+            return
+        self.orphans.setdefault(node, {})[key] = (pod, size)
+        self.orphan_pods += 1
+        self.orphan_bytes += size
+
+    def _unhold(self, held: tuple[dict[str, Any], int]) -> None:
+        self.orphan_pods -= 1
+        self.orphan_bytes -= held[1]
+
+    def _drop_orphans(self, node: str) -> list[dict[str, Any]]:
+        held = self.orphans.pop(node, {})
+        for h in held.values():
+            self._unhold(h)
+        return [pod for pod, _ in held.values()]
+
     # -- the nodes served (from the Node controller, through the shard) -----------------------
     def node_adopted(self, node: str) -> None:
         if self.cfg.watch == "node" and node not in self.node_watches:
@@ -152,8 +197,13 @@ class PodController:
                           supervisor=self.supervisor)
             self.node_watches[node] = r
             r.start()
-        for pod in self.orphans.pop(node, {}).values():
+        for pod in self._drop_orphans(node):
             self.on_pod("ADDED", pod)
+        if self.cfg.watch == "cluster" and (self.overflowed_all or node in self.overflowed):
+            self.overflowed.discard(node)     # some of its pods were not held: list them
+            t = asyncio.create_task(self.node_acquired(node))
+            self._listing.add(t)
+            t.add_done_callback(self._listing.discard)
 
     async def node_acquired(self, node: str) -> None:
         """A node handed over by a re-slice: with one cluster-wide watch we never kept its pods,
@@ -180,7 +230,8 @@ class PodController:
         self.on_count(len(self.pods))
 
     def node_forgotten(self, node: str) -> None:
-        self.orphans.pop(node, None)
+        self._drop_orphans(node)
+        self.overflowed.discard(node)
 
     # -- template functions ------------------------------------------------------------------
     def _node_ips(self, node: str) -> list[str]:
@@ -239,6 +290,6 @@ class PodController:
     async def stop(self) -> None:
         for r in [*self.node_watches.values(), *([self.watch] if self.watch else [])]:
             await r.stop()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._listing]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._listing, return_exceptions=True)

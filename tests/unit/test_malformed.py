@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import ipaddress
 import random
 import re
@@ -731,3 +732,34 @@ async def test_a_pod_deleted_before_its_node_arrives_is_not_served() -> None:
     s.pods.on_pod("ADDED", _pod("elsewhere", "unmanaged"))
     s.pods.on_pod("DELETED", _pod("elsewhere", "unmanaged"))
     assert not s.pods.orphans
+
+
+async def test_orphans_are_bounded_and_an_overflowed_node_lists_its_pods() -> None:
+    """Pods naming nodes that never come must not fill a shard: past the bound in pods (or
+    bytes) only the node's name is kept, and when that node comes its pods are listed."""
+    class ListingKube(DeadKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.listed: list[str] = []
+
+        async def list_all(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            self.listed.append(params["fieldSelector"])
+            return [_pod(f"p{i}", "late") for i in range(1, 5)], {}   # p0 was deleted
+    kube = ListingKube()
+    s = Shard(kube, ShardConfig(watch_stages=False))   # type: ignore[arg-type]
+    s.pods.cfg = dataclasses.replace(s.pods.cfg, max_orphan_pods=3)
+    for i in range(5):
+        s.pods.on_pod("ADDED", _pod(f"p{i}", "late"))
+    for i in range(1000):
+        s.pods.on_pod("ADDED", _pod(f"spam{i}", f"never-{i}"))
+    # three pods held, three node names past them, then not even names: every node that comes lists
+    assert s.pods.orphan_pods == 3 and len(s.pods.orphans["late"]) == 3 and len(s.pods.orphans) == 1
+    assert s.pods.overflowed == {"late", "never-0", "never-1"} and s.pods.overflowed_all
+    s.pods.on_pod("DELETED", _pod("p0", "late"))
+    assert s.pods.orphan_pods == 2
+    s.nodes.on_node("ADDED", _node("late", 4))
+    await asyncio.gather(*s.pods._listing)
+    assert kube.listed == ["spec.nodeName=late"] and set(s.pods.pods) == {f"default/p{i}" for i in range(1, 5)}
+    assert s.pods.orphan_pods == 0 and s.pods.orphan_bytes == 0 and "late" not in s.pods.overflowed
+    with pytest.raises(ValueError, match="max_orphan_pods and max_orphan_bytes must be >= 0"):
+        dataclasses.replace(s.pods.cfg, max_orphan_bytes=-1)
