@@ -56,7 +56,8 @@ def argv(key: str, kubeconfig: str, name: str, bin_dir: Path) -> list[str]:
     return [sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", kubeconfig,
             "--name", name, "--shards", str(shards), "--profile", "fast",
             "--lease-duration", str(LEASE_SECONDS), "--node-annotation-selector", SELECTOR,
-            "--no-stage-crd", "--cidr", "10.0.0.0/24", "--node-ip", "127.0.0.1", "--node-port", "10250"]
+            "--no-stage-crd", "--cidr", "10.0.0.0/24", "--node-ip", "127.0.0.1", "--node-port", "10250",
+            "--create-rbac"]   # the bench's own cluster: the token spares the apiserver certificate checks
 
 
 class Simulator:

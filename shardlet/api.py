@@ -109,7 +109,35 @@ def inline_kubeconfig(path: str) -> str:
 class _Token:
     """A bearer token obtained at run time (shardlet.satoken), shared by a Kube and its siblings."""
     value: str | None = None
-    fallbacks: int = 0    # requests the token could not make that went again with the certificate
+    stale: bool = False   # the apiserver refused it (401): the keeper mints a new one at once
+    refused: int = 0      # requests it was refused (401, 403): errors, never retried with the certificate
+
+
+_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+
+
+def token_covers(method: str, path: str) -> bool:
+    """Whether the exchanged token's role (shardlet.satoken.RULES) covers this request: the hot
+    path. Anything else (a Stage on another kind, a node delete) goes with the kubeconfig's own
+    credentials, as the user who started shardlet, by design rather than after a refusal."""
+    if path.startswith("/api/v1/nodes"):
+        return method in ("GET", "PATCH")
+    if path.startswith(_LEASES):
+        return method in ("GET", "POST", "PUT")
+    if path.startswith("/apis/kwok.x-k8s.io/"):
+        return method == "GET"
+    if path.startswith("/api/v1/pods"):
+        return method == "GET"
+    if path.startswith("/api/v1/namespaces/"):
+        parts = path.split("/", 8)   # "", api, v1, namespaces, ns, kind, name, subresource, ...
+        kind = parts[5] if len(parts) > 5 else ""
+        if kind == "events":
+            return method == "POST"
+        if kind == "pods":
+            if len(parts) > 7:
+                return parts[7] == "status" and method == "PATCH"
+            return method in ("GET", "DELETE")
+    return False
 
 
 class Kube:
@@ -118,7 +146,7 @@ class Kube:
     With a client-certificate kubeconfig, `use_token` switches the short requests to a bearer
     token over connections that present no certificate: the apiserver verifies a client
     certificate's chain on every request (kubernetes#90533), a token once per 10 s (its token
-    cache). A request the token may not make (401, 403) is sent again with the certificate."""
+    cache). Which requests carry the token is :func:`token_covers`; one it is refused fails."""
 
     def __init__(self, creds: Credentials, *, max_connections: int = 32, user_agent: str = "shardlet") -> None:
         self.creds = creds
@@ -155,14 +183,19 @@ class Kube:
         """Send short requests with this bearer token (None: back to the certificate)."""
         if self.client_cert:
             self._token.value = token
+            self._token.stale = False
 
     @property
     def token_in_use(self) -> bool:
         return self._token.value is not None
 
     @property
-    def token_fallbacks(self) -> int:
-        return self._token.fallbacks
+    def token_stale(self) -> bool:
+        return self._token.stale
+
+    @property
+    def token_refused(self) -> int:
+        return self._token.refused
 
     def _bearer(self) -> str | None:
         """The kubeconfig's or service account's token. Projected tokens rotate: the file is re-read
@@ -261,17 +294,19 @@ class Kube:
         code = 0
         try:
             token = self._token.value if impersonate is None else None
-            if token is not None:
+            if token is not None and token_covers(method, path):
                 code, raw, retry_after = await self._http(True).request(
                     method, path, params=params, headers=self._head(token, ctype), body=data)
                 if code in (401, 403):
-                    # expired or revoked (401: the keeper mints a new one), or outside its role
-                    self._token.fallbacks += 1
-                    if code == 401 and self._token.value == token:
-                        self._token.value = None
+                    # outside the role (403): an error like any other, never sent again as someone
+                    # else; expired or revoked (401): once more with the token the keeper mints
+                    self._token.refused += 1
                     log.debug("token_refused", path=path, verb=method, status=code)
-                    token = None
-            if token is None:
+                    fresh = await self._fresh_token(token) if code == 401 else None
+                    if fresh is not None:
+                        code, raw, retry_after = await self._http(True).request(
+                            method, path, params=params, headers=self._head(fresh, ctype), body=data)
+            else:
                 code, raw, retry_after = await self._http(False).request(
                     method, path, params=params, headers=self._head(self._bearer(), ctype, impersonate), body=data)
             if code >= 400:
@@ -280,6 +315,15 @@ class Kube:
         finally:
             if self.on_request is not None:
                 self.on_request(method, code, time.monotonic() - t0)
+
+    async def _fresh_token(self, refused: str, wait: float = 10.0) -> str | None:
+        """After a 401: mark the token stale and wait (bounded) for the keeper's next one."""
+        if self._token.value == refused:
+            self._token.stale = True
+        deadline = time.monotonic() + wait
+        while self._token.value == refused and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return self._token.value if self._token.value not in (None, refused) else None
 
     async def retrying(self, fn: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 8,
                        base: float = 1.0, cap: float = 32.0) -> Any:

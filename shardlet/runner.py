@@ -81,12 +81,19 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                         "implies --node-metrics)")
     g.add_argument("--no-token-exchange", action="store_true",
                    help="with a client-certificate kubeconfig, keep using the certificate for every request "
-                        "instead of creating the ServiceAccount kube-system/shardlet (and its ClusterRole) and "
-                        "sending the hot-path requests with its token (cheaper for the apiserver)")
+                        "even where the ServiceAccount kube-system/shardlet exists (by default the hot-path "
+                        "requests then carry its short-lived token, which the apiserver checks more cheaply)")
+    g.add_argument("--create-rbac", action="store_true",
+                   help="create (or update) that ServiceAccount and its least-privilege roles if missing, "
+                        "as 'shardlet rbac apply' does ('shardlet rbac delete' removes them); never touches "
+                        "an object of the same name that shardlet does not manage")
     g.add_argument("--no-server-shard-filter", action="store_true",
                    help="sharded: filter the objects of generic Stage controllers here instead of asking the "
                         "apiserver for this shard's slice with a shardSelector (Kubernetes 1.36 "
                         "ShardedListAndWatch; an apiserver without the gate is detected and filtered here anyway)")
+    g.add_argument("--start-timeout", type=float, default=300.0,
+                   help="give up (exit 1, saying what it waited for) if the first lists of Stages, nodes "
+                        "and pods have not completed after this many seconds (default: %(default)s)")
     g.add_argument("--release-leases-on-exit", action="store_true",
                    help="on SIGTERM clear holderIdentity of every held lease instead of letting them expire")
 
@@ -122,7 +129,8 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         node_metrics=bool(args.node_metrics or args.metric_file), metric_files=tuple(args.metric_file),
-        token_exchange=not args.no_token_exchange, server_shard_filter=not args.no_server_shard_filter,
+        token_exchange=not args.no_token_exchange, create_rbac=args.create_rbac,
+        server_shard_filter=not args.no_server_shard_filter,
     )
 
 
@@ -131,7 +139,8 @@ def config_to_dict(cfg: ShardConfig) -> dict[str, Any]:
 
 
 async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: bool = False,
-                     run_name: str = "shardlet", status_port: int = 0, status_addr: str = "127.0.0.1") -> None:
+                     run_name: str = "shardlet", status_port: int = 0, status_addr: str = "127.0.0.1",
+                     start_timeout: float = 300.0) -> None:
     from shardlet.api import ApiError, Kube
     from shardlet.shard import Shard
 
@@ -157,7 +166,22 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await shard.start()
+    # a start that cannot finish (a 403 on the node list, an apiserver that went away) must still
+    # stop on SIGTERM/SIGINT, and give up with what it waits for after start_timeout
+    starting = asyncio.create_task(shard.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, timeout=start_timeout, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        blocker = shard.start_blocker()
+        await shard.stop()
+        if stop.is_set():
+            log.info("stopped_while_starting", shard=cfg.name, waiting_for=blocker)
+            return
+        raise UserError(f"shard {cfg.name}: not ready after {start_timeout:.0f}s: {blocker}")
+    starting.result()
 
     async def status() -> dict[str, Any]:
         st = shard.status()
@@ -185,11 +209,13 @@ def _run(args: argparse.Namespace) -> int:
     kubeconfig = resolve_kubeconfig(args)
     if args.shards < 1:
         raise UserError(f"--shards {args.shards}: must be at least 1")
+    if args.start_timeout <= 0:
+        raise UserError(f"--start-timeout {args.start_timeout}: must be more than 0")
     if args.shards == 1 and not args.ray_address:
         heap.tune()
         try:
             aio.run(run_single(shard_config(args), kubeconfig, args.release_leases_on_exit,
-                                   args.name, args.status_port, args.status_addr))
+                               args.name, args.status_port, args.status_addr, args.start_timeout))
         except (OSError, ValueError) as e:
             raise UserError(f"run: {e}") from None
         return 0
@@ -209,6 +235,24 @@ def _run(args: argparse.Namespace) -> int:
                       release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus)
 
 
+def _rbac(args: argparse.Namespace) -> int:
+    from shardlet.api import Kube
+    from shardlet.satoken import delete_account, ensure_account
+    from shardlet.target import resolve_kubeconfig
+
+    async def go() -> list[str]:
+        kube = Kube.from_kubeconfig(resolve_kubeconfig(args))
+        try:
+            if args.action == "apply":
+                return [f"{what}: created" for what in await ensure_account(kube)] or ["up to date"]
+            return await delete_account(kube)
+        finally:
+            await kube.close()
+    for line in aio.run(go()):
+        print(line)
+    return 0
+
+
 def register_cli(sub: Any) -> None:
     p = sub.add_parser("run", help="play kubelet for a cluster's fake nodes until stopped (SIGTERM)")
     from shardlet.target import add_target
@@ -216,6 +260,11 @@ def register_cli(sub: Any) -> None:
     add_target(p)
     add_shard_flags(p)
     p.set_defaults(func=_run)
+    r = sub.add_parser("rbac", help="create or delete the ServiceAccount kube-system/shardlet and its "
+                                    "least-privilege roles (the token a client-certificate run uses)")
+    r.add_argument("action", choices=["apply", "delete"])
+    add_target(r)
+    r.set_defaults(func=_rbac)
 
 
 def install_crds(cluster: Cluster) -> None:
@@ -230,9 +279,10 @@ def start_background(cluster: Cluster, *, shards: int, profile: str, lease_durat
     """Start `shardlet run` beside a local cluster; `cluster down` stops it with the rest."""
     install_crds(cluster)
     logf = open(cluster.log_dir / "shardlet.log", "ab")
+    # --create-rbac: this cluster is shardlet's own, and the token spares its apiserver CPU
     cmd = [sys.executable, "-m", "shardlet.cli", "run", "--name", cluster.name, "--shards", str(shards),
            "--profile", profile, "--lease-duration", str(lease_duration), "--metrics-port", "0",
-           *(extra or [])]
+           "--create-rbac", *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     logf.close()

@@ -80,6 +80,7 @@ class ShardConfig:
     rediscover_every: float = 5.0                     # seconds between lookups of kinds not served yet
     token_exchange: bool = True                       # a client certificate is swapped for a
                                                       # service-account token (shardlet.satoken)
+    create_rbac: bool = False                         # ... whose account this shard may create
     server_shard_filter: bool = True                  # generic controllers send a shardSelector
     generic_head_start: float = 5.0                   # seconds start() lets generic lists go before nodes
 
@@ -117,7 +118,7 @@ class Shard:
         # stage writes give way while renewals run behind (before that they go at full speed,
         # and renewals stretch a little)
         self.leases_first = LeasesFirst(self.leases.behind)
-        self.token = TokenKeeper(kube, config.name)
+        self.token = TokenKeeper(kube, config.name, create=config.create_rbac)
         self.discovery = Discovery(kube)
         self.writer = Writer(kube, self.discovery, config.name)
         self.stages = StageSource(kube, shard=config.name, profiles=config.profiles, files=config.stage_files,
@@ -145,6 +146,7 @@ class Shard:
         self.controllers: dict[tuple[str, str], StageController] = {}
         self._controllers_lock = asyncio.Lock()
         self._sync_tasks: set[asyncio.Task[None]] = set()
+        self._starting = "not started"           # what start() waits for (start_blocker)
 
     # -- wiring: what one controller tells the others -----------------------------------------
     def _on_stages(self, engine: StageEngine) -> None:
@@ -264,6 +266,7 @@ class Shard:
 
     # -- run -------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._starting = "the service-account token"
         if self.cfg.token_exchange:
             await self.token.start()
         if self.cfg.metrics_port >= 0:
@@ -271,7 +274,9 @@ class Shard:
             log.info("metrics_serving", shard=self.cfg.name, port=port)
         if self.cfg.lease_duration > 0:
             self.tasks.append(self.supervisor.spawn("leases", "leases", self.leases.run))
+        self._starting = "the Stage list"
         await self.stages.start()
+        self._starting = "the profiles' objects"
         if self.resource_metrics is not None:
             self.tasks.extend(self.supervisor.spawn("watch", r.name, r.run)
                               for r in self.resource_metrics.reflectors(self.kube))
@@ -287,9 +292,15 @@ class Shard:
         # start() returns), but for a bounded head start only: a list that hangs (an aggregated
         # API that is down) must not keep the nodes' leases waiting
         generic = asyncio.create_task(self._sync_controllers())
+        self._sync_tasks.add(generic)            # stop() ends it, should start() be given up
+        generic.add_done_callback(self._sync_tasks.discard)
+        self._starting = "the generic Stage controllers' first lists"
         await asyncio.wait({generic}, timeout=self.cfg.generic_head_start)
+        self._starting = "the node list"
         await self.nodes.start()
+        self._starting = "the pod list"
         await self.pods.start()
+        self._starting = "the generic Stage controllers' first lists"
         await generic
         self.tasks.append(self.supervisor.spawn("rediscover", "rediscover", self._rediscover))
         heap.freeze()
@@ -310,6 +321,12 @@ class Shard:
         await self.token.stop()
         await self.kube.close()
         await self.lease_kube.close()
+
+    def start_blocker(self) -> str:
+        """What start() waits for, in one line (for a start that does not finish)."""
+        watch = {"the node list": self.nodes.watch, "the pod list": self.pods.watch,
+                 "the Stage list": self.stages.reflector}.get(self._starting)
+        return f"{self._starting} ({watch.error or 'no answer yet'})" if watch is not None else self._starting
 
     def node_metrics(self, path: str) -> tuple[int, str]:
         """kwok's /metrics/nodes/{node}/metrics/resource for a node this shard serves."""
@@ -345,7 +362,7 @@ class Shard:
             "orphan_pods": self.pods.orphan_pods,    # seen before their node, held until it comes
             # "token": short requests carry the service-account token (shardlet.satoken)
             "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
-            "token_fallbacks": self.kube.token_fallbacks,
+            "token_refused": self.kube.token_refused,
             "stage_errors": sorted([*self.stages.errors.values(), *self.kind_errors.values(),
                                     *self.play_errors.values(), *self.list_errors()]),
             "stage_controllers": {str(c.res): c.stage_names for c in self.controllers.values()},

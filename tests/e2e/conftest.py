@@ -132,7 +132,8 @@ def shardlet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     install_crds(cluster)
     log_path = tmp_path_factory.mktemp("shardlet") / "shardlet.log"
-    sp = ShardletProcess(cluster.kubeconfig, log_path, "--node-metrics")
+    # --create-rbac, as `cluster up` starts it: the hot path on the exchanged token
+    sp = ShardletProcess(cluster.kubeconfig, log_path, "--node-metrics", "--create-rbac")
     try:
         sp.wait_for("shard_ready", 120)
         yield sp
