@@ -9,7 +9,10 @@ buckets are acquired by the survivors, all well within the 40 s lease.
 
 Every change of table is the same two-phase hand-off: the old owners release (keep only what
 they own under both tables), and only once each has acked, or been killed for not acking, do
-the new owners acquire; so no node is served by two live shards at once. Besides scaling and
+the new owners acquire; so no node is served by two live shards at once. (A killed shard may
+run on for a moment: the new owner takes its leases over at once, being of the same instance,
+and the lease controller gives a lease up to whoever wrote it since, so the old one stops playing
+those nodes at its next renewal.) Besides scaling and
 deaths, the monitor rebalances: node names hash to buckets, so the shards' node counts drift
 from N/S by sampling noise; once the total has held still for a few rounds and a shard is off by
 more than ``rebalance_tolerance``, a few whole buckets move (shardlet.ownership.balance).
@@ -20,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from coordinator.endpoint import Endpoint
-from coordinator.messages import Slice, unpack
+from coordinator.messages import Slice, pack, unpack
 from shardlet import aio
 from shardlet.ownership import DEFAULT_BUCKETS, Table, balance
 
@@ -37,8 +41,15 @@ NAMESPACE = "shardlet"
 class Coordinator:
     def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type,
                  detached: bool, shard_cpus: float = 0.0, dead_after: float = 8.0,
-                 rebalance_tolerance: float = 0.02, settle_rounds: int = 3) -> None:
+                 rebalance_tolerance: float = 0.02, settle_rounds: int = 3,
+                 spawn: Callable[[str], Any] | None = None,
+                 kill: Callable[[Any, bool], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        # Ray, injectable: start a shard's actor, kill one (restart: Ray brings it back fresh)
+        self.spawn = spawn or self._new_actor
+        self.kill = kill or _ray_kill
+        self.clock = clock
         self.actor = actor     # the shard's actor face (shardlet.actor.ShardActor), handed in by the runner
         self.want = shards
         self.config = config
@@ -118,6 +129,11 @@ class Coordinator:
         if best is None or not best.get("table"):
             return False
         self.actors = found
+        inst = best.get("instance")
+        if inst:   # shards started from now on are the same instance as the ones found
+            cfg = unpack(self.config)
+            cfg["instance"] = inst
+            self.config = pack(cfg)
         self.table = Table(best["epoch"], tuple(best["table"]["shards"]), tuple(best["table"]["owners"]))
         self._next_index = 1 + max(int(s.rsplit("-", 1)[1]) for s in found)
         log.info("coordinator_readopted", shards=list(self.table.shards), epoch=self.table.epoch)
@@ -131,7 +147,7 @@ class Coordinator:
         ids = [self._shard_id(i) for i in range(self.want)]
         self._next_index = self.want
         for sid in ids:
-            self.actors[sid] = self._new_actor(sid)
+            self.actors[sid] = self.spawn(sid)
         self.table = balance(ids, epoch=1, buckets=self.buckets)
         await self._push(self.table, "acquire", ids)
 
@@ -165,16 +181,14 @@ class Coordinator:
         """Release under the old table, then acquire under ``new``. A shard that does not ack
         its release is killed before anyone acquires its nodes (Ray restarts it fresh, and the
         monitor gives it the current table)."""
-        import ray
-
         old = self.table
         assert old is not None
         released = await self._push(new, "release", list(old.shards))
         for sid, ok in released.items():
             if not ok and sid in self.actors:
                 log.warning("release_not_acked", shard=sid, epoch=new.epoch)
-                ray.kill(self.actors[sid], no_restart=False)
-                self.failing_since.setdefault(sid, time.monotonic())
+                self.kill(self.actors[sid], False)
+                self.failing_since.setdefault(sid, self.clock())
         self.table = new
         self._settle = (-1, 0)
         return await self._push(new, "acquire", list(new.shards))
@@ -182,7 +196,7 @@ class Coordinator:
     async def scale(self, n: int) -> dict[str, Any]:
         """Two-phase handoff to n shards: old owners release, then new owners acquire."""
         async with self._lock:
-            t0 = time.monotonic()
+            t0 = self.clock()
             old = self.table
             assert old is not None
             # keep the oldest shards (Table.shards is sorted by name, not by creation)
@@ -191,12 +205,12 @@ class Coordinator:
             self._next_index += max(0, n - len(keep))
             for sid in new_ids:
                 if sid not in self.actors:
-                    self.actors[sid] = self._new_actor(sid)
+                    self.actors[sid] = self.spawn(sid)
             new = balance(new_ids, epoch=old.epoch + 1, prev=old, weights=self._weights())
             acks = await self._handoff(new)
             for sid in set(old.shards) - set(new_ids):
                 await self._retire(sid)
-            took = time.monotonic() - t0
+            took = self.clock() - t0
             log.info("shards_scaled", shards=n, epoch=new.epoch, seconds=round(took, 3))
             return {"shards": n, "epoch": new.epoch, "seconds": took, "acked": acks}
 
@@ -222,16 +236,14 @@ class Coordinator:
         new = balance(table.shards, epoch=table.epoch + 1, prev=table, weights=weights)
         if not new.moved(table):
             return
-        t0 = time.monotonic()
+        t0 = self.clock()
         await self._handoff(new)
         self.rebalances += 1
         log.info("shards_rebalanced", epoch=new.epoch, buckets_moved=len(new.moved(table)),
                  nodes_moved=sum(weights[b] for b in new.moved(table)), imbalance=round(self.imbalance, 4),
-                 seconds=round(time.monotonic() - t0, 3))
+                 seconds=round(self.clock() - t0, 3))
 
     async def _retire(self, sid: str) -> None:
-        import ray
-
         a = self.actors.pop(sid, None)
         self.failing_since.pop(sid, None)
         if a is None:
@@ -240,7 +252,7 @@ class Coordinator:
             await asyncio.wait_for(a.stop.remote(False), 30)
         except Exception:
             pass
-        ray.kill(a, no_restart=True)
+        self.kill(a, True)
 
     # -- monitoring ------------------------------------------------------------------------
     async def monitor(self, interval: float = 1.0, failing_interval: float = 0.25) -> None:
@@ -265,13 +277,13 @@ class Coordinator:
             try:
                 st = unpack(await asyncio.wait_for(a.status.remote(), 3))
             except Exception as e:
-                since = self.failing_since.setdefault(sid, time.monotonic())
-                return repr(e) if time.monotonic() - since > self.dead_after else None
+                since = self.failing_since.setdefault(sid, self.clock())
+                return repr(e) if self.clock() - since > self.dead_after else None
             if not st.get("started") or st.get("epoch", 0) < table.epoch:
                 # Ray restarted it (fresh state): give it its slice again
-                t0 = self.failing_since.pop(sid, time.monotonic())
+                t0 = self.failing_since.pop(sid, self.clock())
                 await self._push(table, "acquire", [sid])
-                rec = {"shard": self._actor_name(sid), "served_again_after_s": round(time.monotonic() - t0, 3), "at": time.time()}
+                rec = {"shard": self._actor_name(sid), "served_again_after_s": round(self.clock() - t0, 3), "at": time.time()}
                 self.recoveries.append(rec)
                 log.info("shard_recovered", **rec)
                 try:   # report it served now, not a tick later
@@ -290,8 +302,6 @@ class Coordinator:
 
     async def _drop(self, sid: str, why: str) -> None:
         """A shard that did not come back: survivors acquire its slice."""
-        import ray
-
         assert self.table is not None
         if self.table.shards == (sid,):
             return   # the last shard: nobody could take its nodes, so keep waiting for Ray's restart
@@ -300,7 +310,7 @@ class Coordinator:
         a = self.actors.pop(sid, None)
         if a is not None:
             try:
-                ray.kill(a, no_restart=True)
+                self.kill(a, True)
             except Exception:
                 pass
         survivors = [s for s in self.table.shards if s != sid]
@@ -368,6 +378,12 @@ class Coordinator:
         if self.detached:
             return   # detached shards keep serving; a new coordinator re-adopts them
         await asyncio.gather(*(a.stop.remote(release_leases) for a in self.actors.values()), return_exceptions=True)
+
+
+def _ray_kill(actor: Any, no_restart: bool) -> None:
+    import ray
+
+    ray.kill(actor, no_restart=no_restart)
 
 
 def _merge_exposition(parts: list[bytes]) -> bytes:

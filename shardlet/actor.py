@@ -35,7 +35,9 @@ class ShardActor:
         logs.configure(os.environ.get("SHARDLET_LOG_LEVEL", "info"), os.environ.get("SHARDLET_LOG_FORMAT", "json"))
         self.id = shard_id              # its name on the ring
         cfg = unpack(config)
-        cfg["name"] = holder            # lease holderIdentity, metrics label, log field
+        cfg["name"] = holder            # metrics label, log field
+        # lease holderIdentity: the instance's, per shard (a restarted worker gets the same one)
+        cfg["holder"] = f"{cfg['instance']}/{shard_id}" if cfg.get("instance") else holder
         cfg["profiles"] = tuple(cfg.get("profiles", ()))
         cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
         self.cfg = ShardConfig(**cfg)

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,11 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-stage-crd", action="store_true", help="the same as --stages-from config")
     g.add_argument("--lease-duration", type=int, default=40,
                    help="node lease duration in seconds, renewed every quarter; 0: no leases (default: %(default)s)")
+    g.add_argument("--id", default=None,
+                   help="this instance's lease holder identity, unique per instance (default: HOSTNAME_UUID, new "
+                        "each start, as kwok's). Another holder's lease is taken over only once it expired; give "
+                        "a stable id (e.g. the pod name) to take this instance's own leases back at once after a "
+                        "restart. Ray shards hold theirs as ID/SHARD")
     g.add_argument("--cidr", default="10.0.0.0/24", help="pod CIDR for nodes without spec.podCIDR (default: %(default)s)")
     g.add_argument("--node-ip", default="127.0.0.1", help="value of the NodeIP template function (default: %(default)s)")
     g.add_argument("--node-port", type=int, default=10250, help="value of NodePort (default: %(default)s)")
@@ -118,8 +125,11 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
     sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
+    instance = args.id if args.id is not None else identity()
+    if not instance or any(c.isspace() for c in instance) or "/" in instance:
+        raise UserError(f"--id {instance!r}: must be non-empty, without spaces or '/'")
     return ShardConfig(
-        name=name, manage_all_nodes=args.manage_all_nodes,
+        name=name, holder=instance, instance=instance, manage_all_nodes=args.manage_all_nodes,
         node_annotation_selector=args.node_annotation_selector,
         node_label_selector=args.node_label_selector, lease_duration=args.lease_duration,
         profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=stages_from != "config",
@@ -132,6 +142,11 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         token_exchange=not args.no_token_exchange, create_rbac=args.create_rbac,
         server_shard_filter=not args.no_server_shard_filter,
     )
+
+
+def identity() -> str:
+    """kwok's Identity(): the host name and a uuid, so two processes on one host differ."""
+    return f"{socket.gethostname()}_{uuid.uuid4()}"
 
 
 def config_to_dict(cfg: ShardConfig) -> dict[str, Any]:

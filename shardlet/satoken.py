@@ -50,7 +50,7 @@ RULES: list[dict[str, Any]] = [
      "verbs": ["get", "list", "watch"]},
 ]
 LEASE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]},
 ]
 
 

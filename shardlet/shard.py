@@ -57,6 +57,10 @@ NODE_AND_POD = (("v1", "Node"), ("v1", "Pod"))
 @dataclass
 class ShardConfig:
     name: str = "shardlet-0"
+    # lease holderIdentity (default: name). Unique per instance and shard, so that two instances
+    # fence each other; a holder "<instance>" or "<instance>/<shard>" is this run's own
+    holder: str = ""
+    instance: str = ""
     manage_all_nodes: bool = False
     node_annotation_selector: str = FAKE_ANNOTATION   # "k=v,k2=v2,k3" matched client-side like kwok
     node_label_selector: str = ""                     # sent to the server
@@ -111,10 +115,12 @@ class Shard:
         # leases get connections of their own, like the kubelet's heartbeat client: a backlog of
         # stage writes must not hold a renewal back until the node goes NotReady
         self.lease_kube = kube.sibling(max_connections=config.lease_concurrency, user_agent="shardlet-lease")
+        self.holder = config.holder or config.name
         self.leases = LeaseController(
-            self.lease_kube, LeaseControllerConfig(config.name, max(1, config.lease_duration),
+            self.lease_kube, LeaseControllerConfig(self.holder, max(1, config.lease_duration),
                                                    config.lease_concurrency),
-            on_renew=self.metrics.renew)
+            on_renew=self.metrics.renew, on_held=self._lease_held, on_lost=self._lease_lost,
+            trusts=self._own_holder)
         # stage writes give way while renewals run behind (before that they go at full speed,
         # and renewals stretch a little)
         self.leases_first = LeasesFirst(self.leases.behind)
@@ -134,11 +140,13 @@ class Shard:
             on_seen=self._node_seen, on_ready=self._node_ready, on_adopt=self._node_adopted,
             on_acquire=self._node_acquired, on_release=self._node_released, on_forget=self._node_forgotten,
             on_event=self.metrics.watch_event, on_relist=lambda: self.metrics.relist("nodes"),
-            on_transition=self._transition, on_error=self._stage_failed, supervisor=self.supervisor)
+            on_transition=self._transition, on_error=self._stage_failed, held=self._held,
+            supervisor=self.supervisor)
         self.pods = PodController(
             kube, self.writer,
             PodControllerConfig(config.name, config.cidr, config.node_ip, config.pod_watch, config.stage_concurrency),
-            self.stages.engine, funcs=self.funcs, serves=self.nodes.serves, node=self.nodes.info,
+            self.stages.engine, funcs=self.funcs, serves=self.nodes.plays, node=self.nodes.info,
+            waiting=self._waiting,
             gate=self.leases_first.turn, on_seen=self._pod_seen, on_gone=self._pod_gone,
             on_count=self.metrics.pods.set, on_event=self.metrics.watch_event,
             on_relist=lambda: self.metrics.relist("pods"), on_transition=self._transition,
@@ -147,6 +155,7 @@ class Shard:
         self._controllers_lock = asyncio.Lock()
         self._sync_tasks: set[asyncio.Task[None]] = set()
         self._starting = "not started"           # what start() waits for (start_blocker)
+        self._lost: set[str] = set()               # served nodes whose lease another holder took
 
     # -- wiring: what one controller tells the others -----------------------------------------
     def _on_stages(self, engine: StageEngine) -> None:
@@ -165,19 +174,49 @@ class Shard:
         if self.cfg.lease_duration > 0:
             self.leases.set_ready(name, ready)
 
+    def _held(self, name: str) -> bool:
+        """The node may be played here: its lease is ours (or leases are off)."""
+        return self.cfg.lease_duration <= 0 or self.leases.holds(name)
+
+    def _waiting(self, name: str) -> bool:
+        """Served here once its lease is ours: its pods wait for that."""
+        return self.nodes.serves(name) and not self._held(name)
+
+    def _own_holder(self, holder: str) -> bool:
+        """A holder of this run (another of its shards): the coordinator hands a node over only
+        after its old owner released it or was killed, so its lease is taken over at once."""
+        inst = self.cfg.instance
+        return bool(inst) and (holder == inst or holder.startswith(inst + "/"))
+
     def _node_adopted(self, name: str, uid: str) -> None:
         if self.cfg.lease_duration > 0:
             self.leases.add(name, uid)
         if self.own.sharded:
             self.node_buckets[name] = self.own.node_bucket(name)
         self.metrics.nodes.set(len(self.nodes.served))
+        if self._held(name):
+            self.pods.node_adopted(name)
+
+    def _lease_held(self, name: str) -> None:
+        self.nodes.node_held(name)
         self.pods.node_adopted(name)
+        if name in self._lost:     # its pods were dropped when the lease went: list them again
+            self._lost.discard(name)
+            t = asyncio.create_task(self.pods.node_acquired(name))
+            self._sync_tasks.add(t)
+            t.add_done_callback(self._sync_tasks.discard)
+
+    def _lease_lost(self, name: str) -> None:
+        self.nodes.node_lost(name)
+        self.pods.node_released(name)
+        self._lost.add(name)
 
     async def _node_acquired(self, name: str) -> None:
         await self.pods.node_acquired(name)
 
     def _node_released(self, name: str) -> None:
         self.leases.remove(name)
+        self._lost.discard(name)
         self.node_buckets.pop(name, None)
         self.pods.node_released(name)
         self.metrics.nodes.set(len(self.nodes.served))
@@ -296,8 +335,16 @@ class Shard:
         generic.add_done_callback(self._sync_tasks.discard)
         self._starting = "the generic Stage controllers' first lists"
         await asyncio.wait({generic}, timeout=self.cfg.generic_head_start)
+        if self.cfg.lease_duration > 0:
+            self._starting = "the lease list"
+            try:
+                primed = await self.leases.prime(self.own.owns_node)
+                log.info("leases_primed", shard=self.cfg.name, holder=self.holder, held=primed)
+            except ApiError as e:   # each node's lease is then read when the node comes
+                log.warning("leases_prime_failed", shard=self.cfg.name, status=e.status, error=e.message[:200])
         self._starting = "the node list"
         await self.nodes.start()
+        self.leases.unprime()
         self._starting = "the pod list"
         await self.pods.start()
         self._starting = "the generic Stage controllers' first lists"
@@ -352,6 +399,13 @@ class Shard:
             "lease_failures": self.leases.failures,
             "stage_writes_behind_leases": self.leases_first.deferred,
             "lease_renewals_skipped_not_ready": self.leases.skipped,
+            "lease_holder": self.holder,
+            "instance": self.cfg.instance,
+            "leases_held": len(self.leases.held),
+            # served nodes whose lease another holder keeps: not played until it expires
+            "leases_held_elsewhere": len(self.leases.elsewhere),
+            "leases_taken_over": self.leases.taken_over,
+            "leases_lost": self.leases.lost,
             "lease_lag_p50": _hist_quantile(h, 0.5),
             "lease_lag_p99": _hist_quantile(h, 0.99),
             "queue": len(self.nodes.player) + len(self.pods.player),

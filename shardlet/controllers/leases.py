@@ -10,9 +10,19 @@ and from then on stage writes give way to it (shardlet.precedence). Each renewal
 the cached Lease (optimistic concurrency, like the kubelet); a 409 re-reads it. The cache holds
 the Lease without its managedFields, which a PUT that leaves them out keeps as they are (the
 apiserver reads the live ones), and a renewal takes only the new resourceVersion from the
-response: the rest of it is what was sent. A node assigned
-to this shard is adopted at once: the coordinator's epochs guarantee no other shard serves it,
-so a foreign holderIdentity is taken over with leaseTransitions + 1.
+response: the rest of it is what was sent.
+
+Fencing, kwok's rule: a node is played only while this shard holds its lease (``holds``; the
+shard gates its Node and Pod controllers on it, through ``on_held``/``on_lost``). A lease held
+by another holder is taken over only once it has expired (renewTime + leaseDurationSeconds +
+``skew``), so two instances, or shardlet and kwok, share a cluster's nodes without ping-pong;
+until then it is looked at again when it would expire. Two exceptions, both this run's own: a
+holder that ``trusts`` accepts (another shard of the same instance) is taken over at once when
+a node is newly handed to this shard, since the coordinator hands a node over only after its
+old owner released it or was killed; and a lease that ``prime`` found held by this very holder
+(a restart with a stable ``--id``) is held from the start. A lease someone else wrote while we
+held it is given up to a live holder, whoever it is: a shard the coordinator gave up on must
+not win its nodes back.
 
 Ready nodes first: while renewals run an interval behind, a node whose Ready condition is not
 True (not initialised yet, or already marked Unknown) is skipped. Its lease cannot make it go
@@ -37,9 +47,13 @@ import orjson
 import structlog
 
 from shardlet.api import ApiError, Kube
-from shardlet.delayqueue import DelayQueue
+from shardlet.delayqueue import DelayQueue, noop
 
 log = structlog.get_logger("shardlet.controllers.leases")
+
+
+def never(_holder: str) -> bool:
+    return False
 
 NAMESPACE = "kube-node-lease"
 _PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
@@ -95,12 +109,35 @@ def renewed(lease: dict[str, Any], raw: bytes) -> dict[str, Any]:
     return lease
 
 
+def parse_micro_time(s: Any) -> float | None:
+    """Seconds since the epoch of a MicroTime (or RFC 3339 Time) string; None if it is not one."""
+    if not isinstance(s, str) or not s:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def expires_at(spec: dict[str, Any]) -> float | None:
+    """renewTime + leaseDurationSeconds; None when either is missing (kwok: free to take)."""
+    renew = parse_micro_time(spec.get("renewTime"))
+    duration = spec.get("leaseDurationSeconds")
+    if renew is None or not isinstance(duration, int) or isinstance(duration, bool):
+        return None
+    return renew + duration
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseControllerConfig:
     holder: str                 # holderIdentity written into every lease
     duration: int = 40          # leaseDurationSeconds; renewed every quarter of it, as the kubelet does
     concurrency: int = 64       # renewals in flight at most
     calm: int = 16              # renewals in flight while none is late (0: no calm limit)
+    skew: float = 2.0           # seconds past another holder's expiry before taking its lease over
 
     def __post_init__(self) -> None:
         if not self.holder:
@@ -109,11 +146,17 @@ class LeaseControllerConfig:
             raise ValueError(f"lease controller {self.holder}: duration must be >= 1 s, got {self.duration}")
         if self.concurrency < 1 or self.calm < 0:
             raise ValueError(f"lease controller {self.holder}: concurrency must be >= 1 and calm >= 0")
+        if self.skew < 0:
+            raise ValueError(f"lease controller {self.holder}: skew must be >= 0, got {self.skew}")
 
 
 class LeaseController:
     def __init__(self, kube: Kube, config: LeaseControllerConfig, *,
-                 on_renew: Callable[[float, bool], None] | None = None) -> None:
+                 on_renew: Callable[[float, bool], None] | None = None,
+                 on_held: Callable[[str], None] = noop,
+                 on_lost: Callable[[str], None] = noop,
+                 trusts: Callable[[str], bool] = never,
+                 clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config
         self.holder = config.holder
@@ -124,6 +167,16 @@ class LeaseController:
         # tick on average, which the interval below takes off
         self.tick = min(0.25, self.interval / 40)
         self.on_renew = on_renew           # (lag seconds, ok)
+        self.on_held = on_held             # a lease acquired: its node may be played from now on
+        self.on_lost = on_lost             # a held lease now someone else's: stop playing its node
+        self.trusts = trusts               # holders this run may take over at once (its own shards)
+        self.clock = clock                 # wall clock: renewTime is wall time
+        self.held: set[str] = set()
+        self.fresh: set[str] = set()       # added, not held yet: a trusted holder is taken over
+        # node -> (holder, expiry) of a lease another holder keeps; looked at again at expiry
+        self.elsewhere: dict[str, tuple[str, float]] = {}
+        self.taken_over = 0
+        self.lost = 0
         self.leases: dict[str, dict[str, Any]] = {}
         self.uids: dict[str, str] = {}
         self.queue: DelayQueue[str, None] = DelayQueue(self._renew, concurrency=concurrency, name="lease",
@@ -145,8 +198,36 @@ class LeaseController:
     def add(self, node: str, uid: str) -> None:
         known = node in self.uids
         self.uids[node] = uid
-        if not known:
-            self.queue.put(node, None, 0.0)
+        if known:
+            return
+        lease = self.leases.get(node)
+        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
+            self.held.add(node)         # primed: ours already (kwok's Held reads its cache the same way)
+        else:
+            self.fresh.add(node)
+        self.queue.put(node, None, 0.0)
+
+    def holds(self, node: str) -> bool:
+        return node in self.held
+
+    async def prime(self, wanted: Callable[[str], bool]) -> int:
+        """Read the leases once before the nodes come: the wanted ones this holder already holds
+        are held from the start and renewed, not taken over again; their nodes are played at
+        once. Returns how many."""
+        items, _ = await self.kube.list_all(_PATH)
+        n = 0
+        for lease in items:
+            name = (lease.get("metadata") or {}).get("name")
+            if (isinstance(name, str) and wanted(name)
+                    and (lease.get("spec") or {}).get("holderIdentity") == self.holder):
+                self.leases[name] = lean(lease)
+                n += 1
+        return n
+
+    def unprime(self) -> None:
+        """Forget the primed leases of nodes that were not added."""
+        for name in [n for n in self.leases if n not in self.uids]:
+            del self.leases[name]
 
     def set_ready(self, node: str, ready: bool) -> None:
         """The node's Ready condition as last seen; one that turns Ready after being skipped is
@@ -169,6 +250,9 @@ class LeaseController:
     def remove(self, node: str) -> None:
         self.uids.pop(node, None)
         self.leases.pop(node, None)
+        self.held.discard(node)
+        self.fresh.discard(node)
+        self.elsewhere.pop(node, None)
         self.failing.pop(node, None)
         self.ready.discard(node)
         self.put_off.discard(node)
@@ -180,7 +264,7 @@ class LeaseController:
     async def _renew(self, node: str, _: None, due: float) -> None:
         if node not in self.uids:
             return
-        if node not in self.ready and self.behind():
+        if node in self.held and node not in self.ready and self.behind():
             self.skipped += 1
             self.put_off.add(node)
             self.queue.put(node, None, self.interval)
@@ -189,11 +273,13 @@ class LeaseController:
         ok = False
         retry_after: float | None = None
         calm = False
+        wait: float | None = None
         try:
             calm = await self._calm_slot(due)
-            await self._renew_once(node)
+            wait = await self._renew_once(node)
             ok = True
-            self.renewals += 1
+            if wait is None:
+                self.renewals += 1
         except ApiError as e:
             retry_after = e.retry_after
             self.failures += 1
@@ -210,7 +296,7 @@ class LeaseController:
             if self.on_renew is not None:
                 self.on_renew(time.monotonic() - due, ok)
             if node in self.uids:
-                self.queue.put(node, None, self._next_delay(node, ok, retry_after))
+                self.queue.put(node, None, wait if wait is not None else self._next_delay(node, ok, retry_after))
 
     async def _calm_slot(self, due: float) -> bool:
         """Wait for one of the calm connections until the renewal turns urgent; True if taken."""
@@ -248,12 +334,14 @@ class LeaseController:
             delay = max(delay, min(cap, float(retry_after)))
         return float(delay)
 
-    async def _renew_once(self, node: str) -> None:
+    async def _renew_once(self, node: str) -> float | None:
+        """Renew, create or take over the node's lease. None when it is held now; else the
+        seconds until another holder's lease expires and it is looked at again."""
         lease = self.leases.get(node)
-        now = micro_time()
-        if lease is None:
-            self.leases[node] = await self._acquire(node, now)
-            return
+        now = micro_time(self.clock())
+        if lease is None or node not in self.held:
+            self.leases.pop(node, None)
+            return self._settle(node, await self._acquire(node, now, exists=node in self.elsewhere))
         spec = lease["spec"]
         spec["renewTime"] = now
         spec["holderIdentity"] = self.holder
@@ -261,34 +349,63 @@ class LeaseController:
             raw = await self.kube.request_bytes("PUT", f"{_PATH}/{node}", body=orjson.dumps(lease))
         except ApiError as e:
             if e.status in (404, 409):
+                # written by someone else since our last renewal (or deleted): read it again
                 self.leases.pop(node, None)
-                self.leases[node] = await self._acquire(node, now)
-                return
+                return self._settle(node, await self._acquire(node, now, exists=e.status == 409))
             raise
         self.leases[node] = renewed(lease, raw)
+        return None
 
-    async def _acquire(self, node: str, now: str) -> dict[str, Any]:
-        # create first: a fresh node has no lease, so this is one request instead of GET + POST;
-        # a 409 means another holder had it (handoff, restart) and we adopt it
-        body = {
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": node, "namespace": NAMESPACE, "ownerReferences": [{
-                "apiVersion": "v1", "kind": "Node", "name": node, "uid": self.uids[node]}]},
-            "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
-                     "renewTime": now, "acquireTime": now},
-        }
-        try:
-            created: dict[str, Any] = await self.kube.create(_PATH, body)
-            return lean(created)
-        except ApiError as e:
-            if e.status != 409:
-                raise
+    def _settle(self, node: str, got: dict[str, Any] | tuple[str, float]) -> float | None:
+        if isinstance(got, tuple):            # another holder's, not expired
+            holder, expiry = got
+            if self.elsewhere.get(node, ("", 0.0))[0] != holder:
+                log.info("lease_held_elsewhere", node=node, holder=holder, mine=self.holder,
+                         expires_in=round(expiry - self.clock(), 1))
+            self.elsewhere[node] = got
+            if node in self.held:
+                self.held.discard(node)
+                self.lost += 1
+                self.on_lost(node)
+            return max(1.0, expiry + self.cfg.skew - self.clock())
+        self.leases[node] = got
+        self.elsewhere.pop(node, None)
+        self.fresh.discard(node)
+        if node not in self.held:
+            self.held.add(node)
+            self.on_held(node)
+        return None
+
+    async def _acquire(self, node: str, now: str, *, exists: bool = False) -> dict[str, Any] | tuple[str, float]:
+        """Create the lease, or take it over where kwok would: no holder, ours, expired (with
+        ``skew``), or a trusted holder of a node newly handed to us. Else (holder, expiry)."""
+        if not exists:
+            # create first: a fresh node has no lease, so this is one request instead of GET + POST
+            body = {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": NAMESPACE, "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": self.uids[node]}]},
+                "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
+                         "renewTime": now, "acquireTime": now},
+            }
+            try:
+                created: dict[str, Any] = await self.kube.create(_PATH, body)
+                return lean(created)
+            except ApiError as e:
+                if e.status != 409:
+                    raise
         cur = lean(await self.kube.get(f"{_PATH}/{node}"))
         spec = cur.setdefault("spec", {})
-        if spec.get("holderIdentity") != self.holder:
+        holder = spec.get("holderIdentity")
+        if holder and holder != self.holder and not (node in self.fresh and self.trusts(holder)):
+            expiry = expires_at(spec)
+            if expiry is not None and self.clock() <= expiry + self.cfg.skew:
+                return str(holder), expiry
+        if holder != self.holder:
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             spec["acquireTime"] = now
-            log.info("lease_adopted", node=node, previous=spec.get("holderIdentity"), holder=self.holder)
+            self.taken_over += 1
+            log.info("lease_adopted", node=node, previous=holder, holder=self.holder)
         spec["holderIdentity"] = self.holder
         spec["renewTime"] = now
         spec["leaseDurationSeconds"] = self.duration
@@ -314,4 +431,4 @@ class LeaseController:
                     return
                 if (lease.get("spec") or {}).get("holderIdentity") != self.holder:
                     return   # not ours any more
-        await asyncio.gather(*(one(n, lease) for n, lease in list(self.leases.items())))
+        await asyncio.gather(*(one(n, lease) for n, lease in list(self.leases.items()) if n in self.held))

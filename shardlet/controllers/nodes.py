@@ -5,7 +5,9 @@ all), keeps what other controllers need of each (uid, addresses, pod CIDRs) and 
 stages. Which managed nodes it *serves* is the shard's :class:`~shardlet.ownership.Ownership`;
 when a node starts or stops being served, the controller says so through callbacks
 (``on_adopt``, ``on_release``, ``on_forget``) and the shard wires those to the Lease and Pod
-controllers, so no controller reaches into another.
+controllers, so no controller reaches into another. A served node is *played* only while
+``held`` says its lease is this shard's (kwok's fencing, shardlet.controllers.leases): until
+then its latest object waits here, and ``node_held`` plays it.
 
 Label-sharded (``label_buckets``), each managed node carries its bucket as a label and the node
 watch selects only this slice's buckets, so a shard decodes the events of its own nodes, not of
@@ -43,6 +45,10 @@ log = structlog.get_logger("shardlet.controllers.nodes")
 
 FAKE_ANNOTATION = "kwok.x-k8s.io/node=fake"
 BUCKET_LABEL = "shardlet.x-k8s.io/bucket"
+
+
+def always(_name: str) -> bool:
+    return True
 
 
 def parse_annotation_selector(sel: str) -> tuple[tuple[str, str | None], ...]:
@@ -119,11 +125,13 @@ class NodeController:
                  on_relist: Callable[[], None] = noop,
                  on_transition: Callable[[str], None] = noop,
                  on_error: Callable[[str, str], None] = noop,
+                 held: Callable[[str], bool] = always,
                  supervisor: Supervisor | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.cfg = config
         self.own = ownership
+        self.held = held                # (name): this shard holds the node's lease, so may play it
         self.supervisor = supervisor or Supervisor()
         self.base_funcs = funcs
         self.gate = gate
@@ -136,9 +144,11 @@ class NodeController:
         self.on_event = on_event        # (watch) one event decoded
         self.nodes: dict[str, NodeInfo] = {}
         self.served: set[str] = set()
+        self.waiting: dict[str, dict[str, Any]] = {}   # served, lease not held yet: the latest object
+        self._reading: set[asyncio.Task[None]] = set()
         self.labeled = 0
         self.player = StagePlayer(writer, PlayerConfig(NODES, config.concurrency, config.retry_after), engine,
-                                  funcs=self._funcs, wanted=self.served.__contains__, gate=gate,
+                                  funcs=self._funcs, wanted=self.plays, gate=gate,
                                   on_result=self._on_result, on_transition=on_transition,
                                   on_error=on_error, clock=clock)
         self.watch = Reflector(kube, "/api/v1/nodes", self.on_node, name="nodes",
@@ -161,6 +171,9 @@ class NodeController:
 
     def serves(self, name: str) -> bool:
         return name in self.served
+
+    def plays(self, name: str) -> bool:
+        return name in self.served and self.held(name)
 
     def info(self, name: str) -> NodeInfo | None:
         return self.nodes.get(name)
@@ -197,7 +210,40 @@ class NodeController:
         self.on_ready(name, node_ready(node))
         if name not in self.served:
             self._adopt(name)
-        self.player.plan(name, node)
+        self._plan(name, node)
+
+    def _plan(self, name: str, node: dict[str, Any]) -> None:
+        if self.held(name):
+            self.waiting.pop(name, None)
+            self.player.plan(name, node)
+        else:
+            self.waiting[name] = node
+
+    def node_held(self, name: str) -> None:
+        """Its lease is ours now: play the node (read it, if no copy waits here)."""
+        node = self.waiting.pop(name, None)
+        if name not in self.served:
+            return
+        if node is not None:
+            self.player.plan(name, node)
+            return
+        t = asyncio.create_task(self._read_and_plan(name))
+        self._reading.add(t)
+        t.add_done_callback(self._reading.discard)
+
+    def node_lost(self, name: str) -> None:
+        """Its lease is someone else's now: stop playing it."""
+        self.player.cancel(name)
+
+    async def _read_and_plan(self, name: str) -> None:
+        # we hold no copy of a node we did not play: read it once to plan its stages
+        try:
+            node = await self.kube.get(path_for("Node", name))
+        except ApiError as e:
+            log.warning("adopt_read_failed", shard=self.cfg.shard, node=name, status=e.status)
+            return
+        if name in self.served:
+            self._plan(name, node)
 
     def _adopt(self, name: str) -> None:
         self.served.add(name)
@@ -205,6 +251,7 @@ class NodeController:
 
     def _release(self, name: str) -> None:
         self.served.discard(name)
+        self.waiting.pop(name, None)
         self.player.cancel(name)
         self.on_release(name)
 
@@ -272,10 +319,7 @@ class NodeController:
                 self._adopt(name)
                 if self.on_acquire is not None:
                     await self.on_acquire(name)
-                try:  # we hold no copy of a node we did not own: read it once to plan its stages
-                    self.player.plan(name, await self.kube.get(path_for("Node", name)))
-                except ApiError as e:
-                    log.warning("adopt_read_failed", shard=self.cfg.shard, node=name, status=e.status)
+                await self._read_and_plan(name)
 
     # -- run ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -294,6 +338,6 @@ class NodeController:
         await self.watch.stop()
         if self.unlabeled is not None:
             await self.unlabeled.stop()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._reading]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._reading, return_exceptions=True)

@@ -7,8 +7,8 @@ its slice. Which nodes are served is the Node controller's business: the shard t
 controller through ``node_adopted`` / ``node_released`` / ``node_forgotten`` and hands it
 ``serves`` and ``node`` lookups, so neither reaches into the other.
 
-A pod may be seen before its node (the watches race): it waits as an orphan and is played when
-its node is adopted. Orphans are bounded in count and bytes (pods naming nodes that never come
+A pod may be seen before its node (the watches race), or while its node's lease is not held
+yet (``waiting``): it waits as an orphan and is played when its node is adopted. Orphans are bounded in count and bytes (pods naming nodes that never come
 must not fill a shard): past the bound only the node's name is kept, and its pods are listed
 when it comes. Pod IPs come from the node's pod CIDRs (or ``cidr``) through the IPAM, and
 go back to it when the pod is deleted. Only the key, node and uid of a pod are kept; the object
@@ -44,6 +44,10 @@ __all__ = ["PodController", "PodControllerConfig"]
 log = structlog.get_logger("shardlet.controllers.pods")
 
 
+def never(_node: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class PodControllerConfig:
     shard: str
@@ -71,6 +75,7 @@ class PodController:
                  funcs: Funcs,
                  serves: Callable[[str], bool],
                  node: Callable[[str], NodeInfo | None],
+                 waiting: Callable[[str], bool] = never,
                  gate: Callable[[], AbstractAsyncContextManager[Any]] = no_gate,
                  on_seen: Callable[[str, dict[str, Any]], None] = noop,
                  on_gone: Callable[[str], None] = noop,
@@ -87,6 +92,7 @@ class PodController:
         self.supervisor = supervisor or Supervisor()
         self.serves = serves
         self.node = node
+        self.waiting = waiting          # (node): served here once its lease is held
         self.on_seen = on_seen          # a served pod, as last seen (node metrics)
         self.on_gone = on_gone          # a pod no longer served here
         self.on_count = on_count        # pods served, after each change
@@ -144,7 +150,7 @@ class PodController:
             self.on_count(len(self.pods))
             return
         if not self.serves(node):
-            if self.node(node) is None:   # its node event has not come yet
+            if self.node(node) is None or self.waiting(node):   # its node (or its lease) has not come yet
                 self._hold(node, key, pod)
             return
         self.pods[key] = (node, str((pod.get("metadata") or {}).get("uid", "")))
@@ -220,6 +226,7 @@ class PodController:
             self.on_pod("ADDED", pod)
 
     def node_released(self, node: str) -> None:
+        self._drop_orphans(node)        # held while its lease was not ours
         for key in self.by_node.pop(node, set()):
             self.player.cancel(key)
             self.pods.pop(key, None)

@@ -218,7 +218,7 @@ def lease_holders(k: Kubectl) -> dict[str, str]:
 
 
 def wait_reheld(k: Kubectl, owned: dict[str, int], timeout: float = 60) -> dict[str, str]:
-    """Wait until each shard holds as many Leases as it reports owning nodes: nodes a rebalance
+    """Wait until each shard (by its lease holder) holds as many Leases as it reports owning nodes: nodes a rebalance
     moved are re-held by their new shard within a renewal interval, not at the moment it acks."""
     def reheld() -> dict[str, str] | None:
         h = lease_holders(k)

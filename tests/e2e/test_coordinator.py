@@ -131,7 +131,7 @@ def test_slices_balanced_and_watch_events_slice_local(monitor: ReadyMonitor, ray
     for c in counts:
         assert abs(c - size.nodes / SHARDS) <= 0.05 * size.nodes / SHARDS, counts
     # each lease is held by exactly the shard that reports owning it
-    wait_reheld(ck, {s["shard"]: s["nodes"] for s in shards})
+    wait_reheld(ck, {s["lease_holder"]: s["nodes"] for s in shards})
     # slice-local: a shard decodes the events of its own slice, not of the cluster. Every watch
     # event is a successful write, so across the shards the slice watches can have decoded at most
     # as many events as the apiserver served writes on nodes and pods; were each shard watching
@@ -245,7 +245,7 @@ def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMon
     st = poll(lambda: (s := ray_run.status()) and len(s["shards"]) == 5 and all(x.get("epoch") == res["epoch"] for x in s["shards"])
               and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 60, 1, "5 shards own all nodes at the new epoch")
     assert st["coordinator"]["epoch"] == res["epoch"]
-    after = wait_reheld(ck, {x["shard"]: x["nodes"] for x in st["shards"]})
+    after = wait_reheld(ck, {x["lease_holder"]: x["nodes"] for x in st["shards"]})
     moved = sum(1 for n in before if after.get(n) != before[n])
     print(f"scale 4->5: {moved}/{len(before)} nodes moved ({moved / len(before):.1%}), handoff {res['seconds']:.2f}s")
     assert 0.18 * len(before) <= moved <= 0.22 * len(before)

@@ -38,6 +38,7 @@ CHART = ROOT / "deploy" / "helm" / "shardlet"
 NS = "shardlet-helm"
 RELEASE = "sl"
 SA = "sl-shardlet"                       # the chart's fullname for release "sl"
+POD_NAME = f"sl-shardlet-{os.getpid()}-x7k2p"      # the Deployment pod a kubelet would name
 CLUSTER_OBJ = f"{SA}-{NS}"               # ClusterRole/Role/FlowSchema/... names
 SA_USER = f"system:serviceaccount:{NS}:{SA}"
 POD_NS = "helm-pods"
@@ -94,7 +95,10 @@ class Release:
         dep = self.k.json("get", "deployment", SA, "-n", NS)
         (ctr,) = dep["spec"]["template"]["spec"]["containers"]
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == SA
-        return list(ctr["args"])
+        env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in ctr["env"]}
+        assert env["POD_NAME"] == "metadata.name"
+        # $(POD_NAME) expanded as the kubelet expands it from the Downward API
+        return [a.replace("$(POD_NAME)", POD_NAME) for a in ctr["args"]]
 
     def sa_kubeconfig(self) -> Path:
         """A kubeconfig holding nothing but a fresh TokenRequest token of the chart's ServiceAccount."""
@@ -253,7 +257,8 @@ DENIED = [
     ("get", "configmaps", "-A"),
     ("create", "leases", "-n", "default"),
     ("delete", "leases", "-n", "kube-node-lease"),
-    ("list", "leases", "-n", "kube-node-lease"),
+    ("watch", "leases", "-n", "kube-node-lease"),
+    ("list", "leases", "-n", "kube-system"),
     ("create", "stages.kwok.x-k8s.io"),
     ("delete", "stages.kwok.x-k8s.io"),
     ("create", "serviceaccounts", "--subresource=token", "-n", NS),
@@ -267,7 +272,8 @@ ALLOWED = [
     ("get", "pods", "-A"), ("list", "pods", "-A"), ("watch", "pods", "-A"), ("delete", "pods", "-A"),
     ("patch", "pods", "--subresource=status", "-A"),
     ("create", "events", "-A"), ("create", "events", "-n", "default"),
-    ("get", "leases", "-n", "kube-node-lease"), ("create", "leases", "-n", "kube-node-lease"),
+    ("get", "leases", "-n", "kube-node-lease"), ("list", "leases", "-n", "kube-node-lease"),
+    ("create", "leases", "-n", "kube-node-lease"),
     ("update", "leases", "-n", "kube-node-lease"),
     ("get", "stages.kwok.x-k8s.io"), ("list", "stages.kwok.x-k8s.io"), ("watch", "stages.kwok.x-k8s.io"),
 ]
@@ -309,8 +315,9 @@ def test_apf_flowschema_classifies_shardlet_requests(release: Release, hk: Kubec
 
 # -- the lifecycle with nothing but the chart's RBAC -------------------------------------------
 def test_node_and_pod_lifecycle_with_only_the_chart_rbac(release: Release, hk: Kubectl, tmp_path: Path) -> None:
+    pod = POD_NAME
     argv = [*release.deployment_args(), "--kubeconfig", str(release.sa_kubeconfig()), "--name", f"helm-{os.getpid()}"]
-    assert "--shards=1" in argv and f"--lease-duration={LEASE_DURATION}" in argv
+    assert "--shards=1" in argv and f"--lease-duration={LEASE_DURATION}" in argv and f"--id={pod}" in argv
     since = release.audit_offset()
     sp = ChartShardlet(argv, tmp_path / "shardlet.log", tmp_path / "home")
     try:
@@ -323,10 +330,10 @@ def test_node_and_pod_lifecycle_with_only_the_chart_rbac(release: Release, hk: K
         poll(lambda: nodes_ready(hk, names), 60, what="3 fake nodes Ready")
 
         first = poll(lambda: (ls := leases(hk, names)) and len(ls) == 3 and ls, 30, what="3 leases")
-        assert {s["holderIdentity"] for s in first.values()} == {"shardlet-0"}
+        assert {s["holderIdentity"] for s in first.values()} == {pod}
         assert {s["leaseDurationSeconds"] for s in first.values()} == {LEASE_DURATION}
         poll(lambda: len(ls := leases(hk, names)) == 3 and all(
-            s["renewTime"] != first[n]["renewTime"] and s["holderIdentity"] == "shardlet-0" for n, s in ls.items()),
+            s["renewTime"] != first[n]["renewTime"] and s["holderIdentity"] == pod for n, s in ls.items()),
             30, what="every lease renewed")
 
         hk.run("create", "namespace", POD_NS)
@@ -381,7 +388,7 @@ def test_sharded_mode_on_ray_with_the_chart_rbac(release: Release, hk: Kubectl, 
                 return all("shardlet.x-k8s.io/bucket" in items[n]["metadata"].get("labels", {}) for n in names)
             poll(bucketed, 30, what="bucket labels on the new nodes")
             poll(lambda: (ls := leases(hk, names)) and len(ls) == 4
-                 and all(s["holderIdentity"].startswith(f"helm-ray-{os.getpid()}-shard-") for s in ls.values()),
+                 and all(s["holderIdentity"].startswith(f"{POD_NAME}/shard-") for s in ls.values()),
                  30, what="leases held by the Ray shards")
             assert sp.proc.poll() is None
         finally:

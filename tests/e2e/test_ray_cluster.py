@@ -129,7 +129,7 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
     # placed on both raylets
     assert len({x["ray_node"] for x in st["shards"]}) == 2, [x["ray_node"] for x in st["shards"]]
     epoch = st["coordinator"]["epoch"]
-    owned = {x["shard"]: x["nodes"] for x in st["shards"]}
+    owned = {x["lease_holder"]: x["nodes"] for x in st["shards"]}
     holders = wait_reheld(k, owned)
 
     # the coordinator dies; the detached shards keep every node Ready

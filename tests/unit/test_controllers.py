@@ -25,7 +25,7 @@ from shardlet.stages.model import parse_stage
 from shardlet.watch import obj_key
 from shardlet.writer import Writer
 
-from .fakes import DeadKube
+from .fakes import DeadKube, leases_held
 
 
 def test_configs_refuse_bad_values_naming_the_field() -> None:
@@ -80,7 +80,7 @@ def _pod(name: str, node: str) -> dict[str, Any]:
 async def test_a_new_slice_moves_nodes_with_their_leases_and_pods() -> None:
     kube = DeadKube()
     table = Table(1, ("a", "b"), tuple(b % 2 for b in range(8)))
-    s = Shard(kube, ShardConfig(watch_stages=False, token_exchange=False), Ownership.of("a", table))  # type: ignore[arg-type]
+    s = leases_held(Shard(kube, ShardConfig(watch_stages=False, token_exchange=False), Ownership.of("a", table)))  # type: ignore[arg-type]
     names = [f"n-{i}" for i in range(24)]
     for i, n in enumerate(names):
         s.nodes.on_node("ADDED", _node(n, i))
@@ -200,7 +200,7 @@ async def test_a_resource_that_cannot_be_listed_is_reported_and_holds_nothing_up
     stage = [parse_stage({"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "cm-seen"},
                           "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"},
                                    "selector": {"matchLabels": {"x": "y"}}, "next": {}}})]
-    s = Shard(DeadKube(), ShardConfig(watch_stages=False, token_exchange=False))   # type: ignore[arg-type]
+    s = leases_held(Shard(DeadKube(), ShardConfig(watch_stages=False, token_exchange=False)))   # type: ignore[arg-type]
     c = StageController(Writer(kube, Discovery(kube), "a"), StageControllerConfig(CONFIGMAPS, "a"),  # type: ignore[arg-type]
                         stage, EVERYTHING, funcs={})
     planned: set[str] = set()

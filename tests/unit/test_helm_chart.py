@@ -153,7 +153,7 @@ def test_rbac_rules_are_exactly_what_shardlet_calls(helm_env: dict[str, str]) ->
     ]
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == "kube-node-lease"
-    assert rules(docs, "Role") == [("coordination.k8s.io", "leases", ("get", "create", "update"))]
+    assert rules(docs, "Role") == [("coordination.k8s.io", "leases", ("get", "list", "create", "update"))]
     for d in docs:
         for rule in d.get("rules", []):
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule

@@ -118,6 +118,7 @@ async def test_release_clears_a_lease_a_late_renewal_wrote_after_our_copy() -> N
     api = Api()
     r = LeaseController(cast(Any, api), LeaseControllerConfig("h"))
     r.leases["n1"] = lean(orjson.loads(ANSWER))                  # our copy: resourceVersion 4711
+    r.held.add("n1")
     await r.release_all()
     assert [p["metadata"]["resourceVersion"] for p in api.puts] == ["4711", "5000"]
     assert api.live["spec"]["holderIdentity"] is None

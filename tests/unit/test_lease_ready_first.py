@@ -27,6 +27,7 @@ def _renewer(lag: float) -> tuple[LeaseController, _Kube]:
     r.queue.backlog_age = lambda: lag  # type: ignore[method-assign]
     for n in ("ready", "new"):
         r.add(n, f"uid-{n}")
+    r.held.update(("ready", "new"))   # both leases acquired earlier
     r.set_ready("ready", True)
     return r, kube
 
@@ -74,3 +75,15 @@ def test_a_removed_node_leaves_no_readiness_behind() -> None:
 
 def r_interval() -> float:
     return LeaseController(None, LeaseControllerConfig("h", duration=40)).urgent_after  # type: ignore[arg-type]
+
+
+def test_behind_a_lease_not_held_yet_is_still_acquired() -> None:
+    """A new node is played only once its lease is held (fencing): its first acquisition is never
+    put off, or a ramp behind on renewals would never make it Ready."""
+    r, kube = _renewer(lag=r_interval())
+    r.held.discard("new")
+
+    async def go() -> None:
+        await r._renew("new", None, time.monotonic())
+    asyncio.run(go())
+    assert kube.writes == ["new"] and r.skipped == 0 and r.holds("new")

@@ -48,7 +48,7 @@ from shardlet.stages.model import Stage, StageError, load_profile, load_stage_ya
 from shardlet.stages.selector import SelectorError, compile_selector
 from shardlet.watch import Reflector, obj_key
 
-from .fakes import DeadKube
+from .fakes import DeadKube, leases_held
 from .kwok_source import kwok_stage_dir
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -528,7 +528,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def shard() -> Shard:
-    s = Shard(DeadKube(), ShardConfig(watch_stages=False))   # type: ignore[arg-type]
+    s = leases_held(Shard(DeadKube(), ShardConfig(watch_stages=False)))   # type: ignore[arg-type]
     s.nodes.on_node("ADDED", _node())
     return s
 
@@ -591,7 +591,7 @@ async def test_handlers_skip_and_log_malformed_objects(monkeypatch: pytest.Monke
     monkeypatch.setattr(watch_mod, "log", rec)
     monkeypatch.setattr(stagesource_mod, "log", rec)
     kube = DeadKube()
-    s = Shard(kube, ShardConfig(watch_stages=True))   # type: ignore[arg-type]
+    s = leases_held(Shard(kube, ShardConfig(watch_stages=True)))   # type: ignore[arg-type]
     nodes = Reflector(kube, "/api/v1/nodes", s.nodes.on_node, name="nodes")         # type: ignore[arg-type]
     pods = Reflector(kube, "/api/v1/pods", s.pods.on_pod, name="pods")             # type: ignore[arg-type]
     stages = Reflector(kube, "/apis/kwok.x-k8s.io/v1alpha1/stages", s.stages.on_stage, name="stages")  # type: ignore[arg-type]
@@ -705,7 +705,7 @@ async def test_a_bad_stage_file_does_not_stop_the_shard(tmp_path: Path) -> None:
     f = tmp_path / "stages.yaml"
     f.write_text(yaml.safe_dump_all([_set(GOOD_A, ("metadata", "name"), "file-good"),
                                      _set(BASE, ("spec", "weight"), -1)]))
-    s = Shard(DeadKube(), ShardConfig(profiles=(), stage_files=(str(f),), watch_stages=False))  # type: ignore[arg-type]
+    s = leases_held(Shard(DeadKube(), ShardConfig(profiles=(), stage_files=(str(f),), watch_stages=False)))  # type: ignore[arg-type]
     assert [st.name for st in s.stages.static] == ["file-good"]
     errs = s.status()["stage_errors"]
     assert len(errs) == 1 and 'stage "base": spec.weight: must be >= 0, got -1' in errs[0], errs
@@ -718,7 +718,7 @@ async def test_a_bad_stage_file_does_not_stop_the_shard(tmp_path: Path) -> None:
 async def test_a_pod_deleted_before_its_node_arrives_is_not_served() -> None:
     """A pod seen before its node is kept aside until the node comes; deleted meanwhile, it must
     not come back with the node (served, given an IP that is never released) nor stay aside."""
-    s = Shard(DeadKube(), ShardConfig(watch_stages=False))   # type: ignore[arg-type]
+    s = leases_held(Shard(DeadKube(), ShardConfig(watch_stages=False)))   # type: ignore[arg-type]
     early, other = _pod("early", "late-node"), _pod("other", "late-node")
     s.pods.on_pod("ADDED", early)
     s.pods.on_pod("ADDED", other)
@@ -746,7 +746,7 @@ async def test_orphans_are_bounded_and_an_overflowed_node_lists_its_pods() -> No
             self.listed.append(params["fieldSelector"])
             return [_pod(f"p{i}", "late") for i in range(1, 5)], {}   # p0 was deleted
     kube = ListingKube()
-    s = Shard(kube, ShardConfig(watch_stages=False))   # type: ignore[arg-type]
+    s = leases_held(Shard(kube, ShardConfig(watch_stages=False)))   # type: ignore[arg-type]
     s.pods.cfg = dataclasses.replace(s.pods.cfg, max_orphan_pods=3)
     for i in range(5):
         s.pods.on_pod("ADDED", _pod(f"p{i}", "late"))

@@ -83,6 +83,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 - {{ printf "--profile=%s" .Values.profile | quote }}
 - --lease-duration={{ int .Values.leaseDuration }}
+{{- /* the lease holder: the pod's name, so a restarted container takes its own leases back at
+   once, and another replica's only once they expired */}}
+- "--id=$(POD_NAME)"
 {{- if .Values.nodeMetrics.enabled }}
 - --node-metrics
 {{- end }}
