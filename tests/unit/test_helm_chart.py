@@ -119,7 +119,7 @@ def test_defaults_render_the_least_privilege_objects(helm_env: dict[str, str]) -
     pod = dep["spec"]["template"]["spec"]
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     assert pod["serviceAccountName"] == sa
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert pod["securityContext"]["runAsNonRoot"] is True
     (ctr,) = pod["containers"]
     assert ctr["image"] == "shardlet:0.1.0"
@@ -130,6 +130,10 @@ def test_defaults_render_the_least_privilege_objects(helm_env: dict[str, str]) -
     assert "--node-annotation-selector=kwok.x-k8s.io/node=fake" in args
     assert not any(a.startswith("--ray-address") for a in args)
     assert {"--metrics-port=10247", "--metrics-addr=0.0.0.0"} <= set(args)
+    # each replica its own lease holder: the pod's name, from the Downward API
+    assert "--id=$(POD_NAME)" in args
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     svc = one(docs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -285,7 +289,7 @@ def test_crd_ships_in_crds_dir(helm_env: dict[str, str]) -> None:
 
 @needs_helm
 @pytest.mark.parametrize("values,message", [
-    (["replicas=2"], "/replicas"),
+    (["replicas=-1"], "/replicas"),
     (["nodes.select=some"], "/nodes/select"),
     (["shard=3"], "additional properties 'shard'"),
     (["nodes.select=label"], "nodes.labelSelector is required"),
