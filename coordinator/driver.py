@@ -1,8 +1,10 @@
 """The Ray driver: start shard actors, push bucket tables, notice deaths, rebalance.
 
-Shards are async Ray actors named `<cluster>-shard-<i>` in namespace "shardlet". On an existing
-Ray cluster they are detached, so they outlive the coordinator: a restarted coordinator finds
-them by name, reads the table they hold, and re-adopts them without moving a node. Ray restarts
+Shards are async Ray actors named `<cluster>-shard-<i>` in namespace "shardlet". The coordinator
+stops them when it stops, and Ray ends them should it die (they are its actors), unless the user
+asked for ``--keep-shards`` on an existing Ray cluster: then they are detached and outlive it, a
+restarted coordinator finds them by name, reads the table they hold, and re-adopts them without
+moving a node, and ``shardlet stop`` ends them. Ray restarts
 a killed shard worker (max_restarts=-1); the monitor sees the fresh actor (started=False) and
 pushes the current slice again. A shard that cannot come back is dropped from the table and its
 buckets are acquired by the survivors, all well within the 40 s lease.
@@ -376,8 +378,15 @@ class Coordinator:
 
     async def stop(self, release_leases: bool) -> None:
         if self.detached:
-            return   # detached shards keep serving; a new coordinator re-adopts them
-        await asyncio.gather(*(a.stop.remote(release_leases) for a in self.actors.values()), return_exceptions=True)
+            return   # --keep-shards: they keep serving; a new coordinator re-adopts them
+        async def one(a: Any) -> None:
+            try:
+                await asyncio.wait_for(a.stop.remote(release_leases), 30)
+            except Exception as e:  # killed below all the same
+                log.warning("shard_stop_failed", error=repr(e)[:200])
+            self.kill(a, True)
+        await asyncio.gather(*(one(a) for a in self.actors.values()))
+        self.actors.clear()
 
 
 def _ray_kill(actor: Any, no_restart: bool) -> None:
@@ -418,16 +427,41 @@ async def serve(coord: Coordinator, status_port: int, release_leases: bool, stat
     await ep.stop()
 
 
-def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type, ray_address: str | None,
-        status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0,
-        status_addr: str = "127.0.0.1") -> int:
+def stop_detached(name: str, ray_address: str, release_leases: bool = False) -> list[str]:
+    """Stop the shards a ``--keep-shards`` run named ``name`` left on a Ray cluster: each is asked
+    to stop (releasing its leases if asked), then killed for good. Returns their names."""
     import os
 
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray_address and os.environ.get("RAY_ADDRESS"):
-        ray_address = "auto"   # started by `ray job submit`: join the job's cluster
+    ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        names = sorted(i["name"] for i in ray.util.list_named_actors(all_namespaces=True)
+                       if i.get("namespace") == NAMESPACE and i["name"].startswith(f"{name}-shard-"))
+        for n in names:
+            try:
+                a = ray.get_actor(n, namespace=NAMESPACE)
+            except ValueError:
+                continue
+            try:
+                ray.get(a.stop.remote(release_leases), timeout=30)
+            except Exception as e:  # killed all the same
+                log.warning("shard_stop_failed", shard=n, error=repr(e)[:200])
+            ray.kill(a, no_restart=True)
+        return names
+    finally:
+        ray.shutdown()
+
+
+def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type, ray_address: str | None,
+        status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0,
+        status_addr: str = "127.0.0.1", keep_shards: bool = False) -> int:
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray_address:
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=True)
     else:
@@ -435,7 +469,7 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, a
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
                  object_store_memory=128 << 20, log_to_driver=True)
     coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text, actor=actor,
-                        detached=bool(ray_address), shard_cpus=shard_cpus)
+                        detached=keep_shards, shard_cpus=shard_cpus)
     try:
         aio.run(serve(coord, status_port, release_leases, status_addr))
     finally:

@@ -69,7 +69,15 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("serving")
     g.add_argument("--shards", type=int, default=1,
                    help="number of shards; 1 runs in this process, more run as Ray actors (default: %(default)s)")
-    g.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto, ray://host:10001) instead of starting one")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, ray://host:10001) instead of starting a private one; "
+                        "RAY_ADDRESS alone is not enough (under `ray job submit`, pass --ray-address auto)")
+    g.add_argument("--keep-shards", action="store_true",
+                   help="with --ray-address: start the shards detached, so that they outlive this coordinator "
+                        "(SIGTERM, `ray job stop`, a crash) and keep serving; a coordinator started later with "
+                        "the same --name re-adopts them, and 'shardlet stop --ray-address ADDR --name NAME' "
+                        "stops them. Without it the coordinator stops its shards when it stops, and Ray ends "
+                        "them should it die")
     g.add_argument("--shard-cpus", type=float, default=0.0,
                    help="CPUs each shard actor reserves in Ray's scheduler (default: %(default)s)")
     g.add_argument("--status-port", type=int, default=0,
@@ -226,6 +234,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--shards {args.shards}: must be at least 1")
     if args.start_timeout <= 0:
         raise UserError(f"--start-timeout {args.start_timeout}: must be more than 0")
+    if args.keep_shards and not args.ray_address:
+        raise UserError("--keep-shards: only with --ray-address (a private Ray ends with its coordinator)")
+    if os.environ.get("RAY_ADDRESS") and not args.ray_address:
+        log.warning("ray_address_ignored", RAY_ADDRESS=os.environ["RAY_ADDRESS"],
+                    reason="pass --ray-address auto to join that Ray cluster")
     if args.shards == 1 and not args.ray_address:
         heap.tune()
         try:
@@ -247,7 +260,16 @@ def _run(args: argparse.Namespace) -> int:
     return driver.run(name=args.name, shards=args.shards, config=pack(cfg),
                       kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None, actor=ShardActor,
                       ray_address=args.ray_address, status_port=args.status_port, status_addr=args.status_addr,
-                      release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus)
+                      release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus,
+                      keep_shards=args.keep_shards)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from coordinator import driver
+
+    stopped = driver.stop_detached(args.name, args.ray_address, release_leases=args.release_leases)
+    print(f"{len(stopped)} shard(s) of {args.name} stopped" + (f": {', '.join(stopped)}" if stopped else ""))
+    return 0
 
 
 def _rbac(args: argparse.Namespace) -> int:
@@ -280,6 +302,12 @@ def register_cli(sub: Any) -> None:
     r.add_argument("action", choices=["apply", "delete"])
     add_target(r)
     r.set_defaults(func=_rbac)
+    s = sub.add_parser("stop", help="stop the shards a 'run --keep-shards' left on a Ray cluster (its coordinator "
+                                    "gone or not)")
+    s.add_argument("--ray-address", required=True, help="the Ray cluster (e.g. auto, 127.0.0.1:6379)")
+    s.add_argument("--name", default="shardlet", help="the run's --name (default: %(default)s)")
+    s.add_argument("--release-leases", action="store_true", help="clear holderIdentity of their leases first")
+    s.set_defaults(func=_stop)
 
 
 def install_crds(cluster: Cluster) -> None:

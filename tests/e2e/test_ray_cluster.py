@@ -1,8 +1,10 @@
 """Issue: shardlet as a Ray job on an existing Ray cluster of two raylets on this machine.
 
-`ray job submit --working-dir .` starts the coordinator; its shard actors are detached and
-spread over both raylets. Stopping the job (the coordinator dies) leaves the shards renewing
-leases; a new job re-adopts them without moving a node."""
+`ray job submit --working-dir . -- shardlet run --ray-address auto --keep-shards` starts the
+coordinator; its shard actors are detached and spread over both raylets. Stopping the job (the
+coordinator dies) leaves the shards renewing leases; a new job re-adopts them without moving a
+node, and `shardlet stop` ends them. Without --keep-shards, `shardlet run --ray-address` stops
+its shards on SIGTERM: none is left on the Ray cluster."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, free_port
 from shardlet.scale import scale_nodes
 
-from .conftest import ROOT, Kubectl, ReadyMonitor, lease_holders, poll, wait_reheld
+from .conftest import ROOT, Kubectl, ReadyMonitor, ShardletProcess, lease_holders, poll, wait_reheld
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +89,7 @@ def _submit(info: dict[str, Any], c: Cluster) -> str:
         p = subprocess.run(
             [RAY, "job", "submit", "--address", info["dashboard"], "--working-dir", str(ROOT), "--no-wait", "--",
              sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", str(c.kubeconfig),
-             "--shards", "2", "--name", c.name],
+             "--shards", "2", "--name", c.name, "--ray-address", "auto", "--keep-shards"],
             capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
         if p.returncode != 0 and "No available agent" in p.stderr + p.stdout:
             return None   # the dashboard agent is still starting: Ray's documented answer
@@ -148,12 +151,65 @@ def test_ray_job_on_two_raylets_and_coordinator_restart(ray_cluster: dict[str, A
         assert time.monotonic() - t0 >= size.hold
         # a new coordinator re-adopts the shards: same table epoch, no node moves
         job2 = _submit(ray_cluster, rc_cluster)
-        st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2 and all("nodes" in x for x in s["shards"])
-                   and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 180, 1, "coordinator re-adopted shards")
+        try:
+            st2 = poll(lambda: (s := _status(rc_cluster)) and len(s["shards"]) == 2
+                       and all("nodes" in x for x in s["shards"])
+                       and sum(x["nodes"] for x in s["shards"]) == size.nodes and s, 180, 1, "coordinator re-adopted shards")
+        except AssertionError as e:
+            logs = subprocess.run([RAY, "job", "logs", "--address", ray_cluster["dashboard"], job2],
+                                  capture_output=True, text=True, timeout=60).stdout
+            raise AssertionError(f"{e}; status {_status(rc_cluster)}; job log tail:\n{logs[-4000:]}") from None
         assert st2["coordinator"]["epoch"] == epoch
         assert lease_holders(k) == holders
         assert not mon.not_ready
+        # the job stopped again, `shardlet stop` ends the shards it left
+        subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job2], capture_output=True,
+                       timeout=120, check=True)
+        assert sorted(alive_shards(ray_cluster, rc_cluster.name)) == [f"{rc_cluster.name}-shard-0",
+                                                                        f"{rc_cluster.name}-shard-1"]
+        out = stop_shards(ray_cluster, rc_cluster.name)
+        assert out.startswith(f"2 shard(s) of {rc_cluster.name} stopped"), out
+        poll(lambda: not alive_shards(ray_cluster, rc_cluster.name), 30, 1, "no shard actor alive")
+        assert stop_shards(ray_cluster, rc_cluster.name).startswith("0 shard(s)")
     finally:
         mon.stop()
         subprocess.run([RAY, "job", "stop", "--address", ray_cluster["dashboard"], job2 or job],
                        capture_output=True, timeout=120)
+        stop_shards(ray_cluster, rc_cluster.name)
+
+
+def alive_shards(info: dict[str, Any], name: str) -> list[str]:
+    """Names of the live ShardActors of run `name` on the Ray cluster (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=info["dashboard"], filters=[("state", "=", "ALIVE")], limit=1000, timeout=60)
+    return [a.name for a in actors if (a.name or "").startswith(f"{name}-shard-")]
+
+
+def stop_shards(info: dict[str, Any], name: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "shardlet.cli", "stop", "--ray-address", info["gcs"], "--name", name],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout.strip().splitlines()[-1]
+
+
+def test_run_on_a_ray_cluster_stops_its_shards_on_sigterm(ray_cluster: dict[str, Any], rc_cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    """Without --keep-shards the shards are the coordinator's: SIGTERM stops them, on an external
+    Ray cluster too, and their kubeconfig files go with them."""
+    name = f"{rc_cluster.name}-t"
+    tmp = Path(tempfile.gettempdir())
+    sp = ShardletProcess(rc_cluster.kubeconfig, tmp_path / "run.log", "--name", name, "--shards", "2",
+                         "--ray-address", ray_cluster["gcs"])
+    try:
+        sp.wait_for("coordinator_ready", 180)
+        assert sorted(alive_shards(ray_cluster, name)) == [f"{name}-shard-0", f"{name}-shard-1"]
+        assert list(tmp.glob(f"shardlet-{name}-shard-*.kubeconfig"))
+        sp.proc.send_signal(signal.SIGTERM)
+        assert sp.proc.wait(60) == 0, sp.tail()
+        poll(lambda: not alive_shards(ray_cluster, name), 30, 1, "no shard actor alive after SIGTERM")
+        assert not list(tmp.glob(f"shardlet-{name}-shard-*.kubeconfig")), "shard kubeconfigs left behind"
+    finally:
+        if sp.proc.poll() is None:
+            sp.stop()
+        stop_shards(ray_cluster, name)
