@@ -43,7 +43,7 @@ NAMESPACE = "shardlet"
 class Coordinator:
     def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type,
                  detached: bool, shard_cpus: float = 0.0, dead_after: float = 8.0,
-                 rebalance_tolerance: float = 0.02, settle_rounds: int = 3,
+                 rebalance_tolerance: float = 0.02, settle_rounds: int = 3, adopt_timeout: float = 60.0,
                  spawn: Callable[[str], Any] | None = None,
                  kill: Callable[[Any, bool], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -61,6 +61,7 @@ class Coordinator:
         self.detached = detached
         self.shard_cpus = shard_cpus
         self.dead_after = dead_after
+        self.adopt_timeout = adopt_timeout
         self.rebalance_tolerance = rebalance_tolerance
         self.settle_rounds = settle_rounds
         self.actors: dict[str, Any] = {}
@@ -121,14 +122,30 @@ class Coordinator:
                     continue
         if not found:
             return False
-        statuses = {}
-        for sid, a in found.items():
+        # A busy shard (thousands of nodes on a loaded host) may take a while to answer: ask again
+        # until one that holds a table answers or adopt_timeout has passed. Found and never
+        # answering, they are killed, so that fresh shards can take their names.
+        statuses: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        deadline = self.clock() + self.adopt_timeout
+
+        async def ask(sid: str) -> None:
             try:
-                statuses[sid] = unpack(await asyncio.wait_for(a.status.remote(), 10))
-            except Exception:  # a dead one is replaced below
-                continue
-        best = max(statuses.values(), key=lambda s: s.get("epoch", 0), default=None)
-        if best is None or not best.get("table"):
+                statuses[sid] = unpack(await asyncio.wait_for(found[sid].status.remote(), 10))
+            except Exception as e:  # asked again below; a dead one is the monitor's
+                errors[sid] = repr(e)[:200]
+        while True:
+            await asyncio.gather(*(ask(sid) for sid in found if sid not in statuses))
+            if any(s.get("table") for s in statuses.values()) or self.clock() >= deadline:
+                break
+            log.info("coordinator_adopt_waiting", answered=sorted(statuses), errors=errors)
+            await asyncio.sleep(1)
+        best = max((s for s in statuses.values() if s.get("table")), key=lambda s: s.get("epoch", 0), default=None)
+        if best is None:
+            log.warning("coordinator_adopt_failed", shards=sorted(found), answered=sorted(statuses), errors=errors)
+            for a in found.values():
+                self.kill(a, True)
+            await self._names_free([self._actor_name(sid) for sid in found])
             return False
         self.actors = found
         inst = best.get("instance")
@@ -138,10 +155,28 @@ class Coordinator:
             self.config = pack(cfg)
         self.table = Table(best["epoch"], tuple(best["table"]["shards"]), tuple(best["table"]["owners"]))
         self._next_index = 1 + max(int(s.rsplit("-", 1)[1]) for s in found)
-        log.info("coordinator_readopted", shards=list(self.table.shards), epoch=self.table.epoch)
+        log.info("coordinator_readopted", shards=list(self.table.shards), epoch=self.table.epoch,
+                 answered=sorted(statuses))
         # shards that missed the last phase get it now; the others answer "already there"
         await self._push(self.table, "acquire", list(self.table.shards))
         return True
+
+    async def _names_free(self, names: list[str], timeout: float = 30) -> None:
+        """Wait until killed actors' names can be taken again (ray.kill returns before that)."""
+        import ray
+
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            taken = []
+            for n in names:
+                try:
+                    ray.get_actor(n, namespace=NAMESPACE)
+                    taken.append(n)
+                except ValueError:
+                    pass
+            if not taken:
+                return
+            await asyncio.sleep(0.5)
 
     async def start(self) -> None:
         if self.detached and await self._adopt_existing():
