@@ -43,12 +43,13 @@ class ShardActor:
         self.cfg = ShardConfig(**cfg)
         self.kubeconfig: str | None = None
         if kubeconfig_text is not None:
-            # one fixed path per shard: a restarted worker overwrites what a killed one left
-            path = os.path.join(tempfile.gettempdir(), f"shardlet-{holder}.kubeconfig")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # a directory of its own, 0700 and new (mkdtemp: O_EXCL semantics, an unpredictable
+            # name), and the file created in it, never through a link another user planted
+            d = tempfile.mkdtemp(prefix=f"shardlet-{holder}-")
+            path = os.path.join(d, "kubeconfig")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(kubeconfig_text)
-            os.chmod(path, 0o600)
             self.kubeconfig = path
         self.shard: Shard | None = None
         self.table: Table | None = None
@@ -107,6 +108,7 @@ class ShardActor:
         if self.kubeconfig:
             try:
                 os.unlink(self.kubeconfig)
+                os.rmdir(os.path.dirname(self.kubeconfig))
             except OSError:
                 pass
         return True

@@ -830,6 +830,7 @@ def test_sigterm_single_process_leaves_leases_to_expire(env: Env, main_run: Run,
     _assert_loopback({pid})
     _assert_loopback({pid}, {port, ep})
     family = _family(pid, main_run.name)
+    holder = main_run.wait_for("leases_primed", 5)["holder"]
     rc, took = main_run.terminate()
     assert rc == 0, f"exit {rc} after {took:.1f}s: {main_run.tail()}"
     print(f"single process: exit 0 {took:.2f}s after SIGTERM")
@@ -841,7 +842,6 @@ def test_sigterm_single_process_leaves_leases_to_expire(env: Env, main_run: Run,
     leases = {ls["metadata"]["name"]: ls["spec"] for ls in env.api.items(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases")}
     mine = [n for n in leases if n.startswith("node-")]
     assert len(mine) == env.size.nodes
-    holder = main_run.wait_for("leases_primed", 5)["holder"]
     assert all(leases[n].get("holderIdentity") == holder for n in mine), \
         {n: leases[n].get("holderIdentity") for n in mine if leases[n].get("holderIdentity") != holder}
     # group "a" has no kubelet now: take it away so that later tests run on a calm cluster
@@ -886,7 +886,9 @@ class RayRun(Run):
         return st
 
     def kubeconfigs(self) -> dict[str, int]:
-        return {p.name: p.stat().st_mode & 0o777 for p in self.tmp.glob("shardlet-*.kubeconfig")}
+        # each in a 0700 directory of its own
+        assert all(d.stat().st_mode & 0o777 == 0o700 for d in self.tmp.glob("shardlet-*-shard-*"))
+        return {str(p.relative_to(self.tmp)): p.stat().st_mode & 0o777 for p in self.tmp.glob("shardlet-*/kubeconfig")}
 
     def close(self) -> None:
         super().close()

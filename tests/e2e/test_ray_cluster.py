@@ -204,11 +204,11 @@ def test_run_on_a_ray_cluster_stops_its_shards_on_sigterm(ray_cluster: dict[str,
     try:
         sp.wait_for("coordinator_ready", 180)
         assert sorted(alive_shards(ray_cluster, name)) == [f"{name}-shard-0", f"{name}-shard-1"]
-        assert list(tmp.glob(f"shardlet-{name}-shard-*.kubeconfig"))
+        assert list(tmp.glob(f"shardlet-{name}-shard-*/kubeconfig"))
         sp.proc.send_signal(signal.SIGTERM)
         assert sp.proc.wait(60) == 0, sp.tail()
         poll(lambda: not alive_shards(ray_cluster, name), 30, 1, "no shard actor alive after SIGTERM")
-        assert not list(tmp.glob(f"shardlet-{name}-shard-*.kubeconfig")), "shard kubeconfigs left behind"
+        assert not list(tmp.glob(f"shardlet-{name}-shard-*")), "shard kubeconfigs left behind"
     finally:
         if sp.proc.poll() is None:
             sp.stop()

@@ -104,6 +104,36 @@ async def test_a_new_slice_moves_nodes_with_their_leases_and_pods() -> None:
     assert kube.calls.count("get") == len(mine) and kube.calls.count("list_all") == len(mine)
 
 
+async def test_a_node_and_its_pods_are_played_only_while_its_lease_is_held() -> None:
+    """Fencing (kwok's readOnly): served but not held, the node's latest object and its pods wait;
+    held, they are played; lost to another holder, they are dropped, and listed again when the
+    lease comes back."""
+    kube = DeadKube()
+    s = Shard(kube, ShardConfig(watch_stages=False, token_exchange=False))  # type: ignore[arg-type]
+    s.nodes.on_node("ADDED", _node("n-1", 1))
+    s.pods.on_pod("ADDED", _pod("p-1", "n-1"))
+    assert s.nodes.serves("n-1") and not s.nodes.plays("n-1")
+    assert s.nodes.player.pending("n-1") is None and "n-1" in s.nodes.waiting
+    assert not s.pods.pods and s.pods.orphan_pods == 1        # waits for the lease, not dropped
+    # the lease controller acquired it
+    s.leases.held.add("n-1")
+    s._lease_held("n-1")
+    assert s.nodes.player.pending("n-1") is not None and "n-1" not in s.nodes.waiting
+    assert set(s.pods.pods) == {"default/p-1"} and s.pods.orphan_pods == 0
+    assert kube.calls == []                                    # played from the copies it had
+    # another holder took it (ours expired): nothing of it is played any more
+    s.leases.held.discard("n-1")
+    s._lease_lost("n-1")
+    assert s.nodes.player.pending("n-1") is None and not s.pods.pods
+    s.pods.on_pod("MODIFIED", _pod("p-1", "n-1"))
+    assert not s.pods.pods
+    # held again: the node is read and its pods listed (their events went by meanwhile)
+    s.leases.held.add("n-1")
+    s._lease_held("n-1")
+    await asyncio.gather(*s.nodes._reading, *s._sync_tasks)
+    assert kube.calls.count("get") == 1 and kube.calls.count("list_all") == 1
+
+
 # -- the generic Stage controller's slice: by the apiserver's shardSelector, or here ---------------
 class _ShardingKube:
     """Lists a fixed set of ConfigMaps; filters by shardSelector only if ``gate`` (as the apiserver
