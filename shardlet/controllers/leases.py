@@ -6,7 +6,10 @@ One heap of due times per shard and a bounded pool of in-flight requests: no tas
 node. Renewals on time use at most `calm` connections and leave the rest of the apiserver to
 the shard's stage writes, so a busy apiserver stretches the renewals a little, as it does
 kwok's; a renewal a whole interval late (its lease half expired) may use any of `concurrency`,
-and from then on stage writes give way to it (shardlet.precedence). Each renewal is a PUT of
+and from then on stage writes give way to it (shardlet.precedence). A node's first acquisition
+is not held to `calm`: its first play waits for it, and while any wait an on-time renewal is put
+back for up to an interval (new nodes first, the way not-Ready nodes wait below; the lease is
+then at most half its duration old). Each renewal is a PUT of
 the cached Lease (optimistic concurrency, like the kubelet); a 409 re-reads it. The cache holds
 the Lease without its managedFields, which a PUT that leaves them out keeps as they are (the
 apiserver reads the live ones), and a renewal takes only the new resourceVersion from the
@@ -173,16 +176,20 @@ class LeaseController:
         self.clock = clock                 # wall clock: renewTime is wall time
         self.held: set[str] = set()
         self.fresh: set[str] = set()       # added, not held yet: a trusted holder is taken over
+        self.first: set[str] = set()       # added, its first acquisition not tried yet
         # node -> (holder, expiry) of a lease another holder keeps; looked at again at expiry
         self.elsewhere: dict[str, tuple[str, float]] = {}
         self.taken_over = 0
         self.lost = 0
         self.leases: dict[str, dict[str, Any]] = {}
         self.uids: dict[str, str] = {}
-        self.queue: DelayQueue[str, None] = DelayQueue(self._renew, concurrency=concurrency, name="lease",
+        # the item: when a deferred renewal first came due (None otherwise)
+        self.queue: DelayQueue[str, float | None] = DelayQueue(self._renew, concurrency=concurrency, name="lease",
                                                           tick=self.tick)
         self._calm = asyncio.Semaphore(calm) if 0 < calm < concurrency else None
         self.urgent_after = self.interval    # seconds past due
+        self.first_grace = self.interval     # an on-time renewal gives way to first acquisitions this long
+        self.deferred = 0
         self.urgent = 0                      # renewals that went past the calm limit
         self.renewals = 0
         self.failures = 0
@@ -205,6 +212,7 @@ class LeaseController:
             self.held.add(node)         # primed: ours already (kwok's Held reads its cache the same way)
         else:
             self.fresh.add(node)
+            self.first.add(node)
         self.queue.put(node, None, 0.0)
 
     def holds(self, node: str) -> bool:
@@ -252,6 +260,7 @@ class LeaseController:
         self.leases.pop(node, None)
         self.held.discard(node)
         self.fresh.discard(node)
+        self.first.discard(node)
         self.elsewhere.pop(node, None)
         self.failing.pop(node, None)
         self.ready.discard(node)
@@ -261,7 +270,7 @@ class LeaseController:
     async def run(self) -> None:
         await self.queue.run()
 
-    async def _renew(self, node: str, _: None, due: float) -> None:
+    async def _renew(self, node: str, first_due: float | None, due: float) -> None:
         if node not in self.uids:
             return
         if node in self.held and node not in self.ready and self.behind():
@@ -269,13 +278,24 @@ class LeaseController:
             self.put_off.add(node)
             self.queue.put(node, None, self.interval)
             return
+        if first_due is not None:
+            due = first_due
+        if node in self.held and self.first and time.monotonic() - due < self.first_grace:
+            # new nodes first: their first play waits for their lease, an on-time renewal can
+            # wait a little (at most first_grace late: a lease then half its duration old)
+            self.deferred += 1
+            self.queue.put(node, due, min(1.0, self.first_grace))
+            return
+        self.first.discard(node)
         self.put_off.discard(node)
         ok = False
         retry_after: float | None = None
         calm = False
         wait: float | None = None
         try:
-            calm = await self._calm_slot(due)
+            # an acquisition gates the node's first play, which is a stage write: it takes any of
+            # `concurrency`, as the stage writes do; only renewals keep to the calm limit
+            calm = node in self.held and await self._calm_slot(due)
             wait = await self._renew_once(node)
             ok = True
             if wait is None:

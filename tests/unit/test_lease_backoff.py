@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -77,6 +78,17 @@ class _HeldKube:
     async def replace(self, _path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.create(_path, body)
 
+    async def request_bytes(self, _method: str, _path: str, body: bytes) -> bytes:
+        await self.create(_path, {})
+        return b'{"metadata":{"resourceVersion":"2"}}'
+
+
+def _held_before(r: LeaseController, nodes: list[str]) -> None:
+    """Leases this holder already held (as ``prime`` finds them): their writes are renewals."""
+    for n in nodes:
+        r.leases[n] = {"metadata": {"name": n, "resourceVersion": "1"}, "spec": {"holderIdentity": "holder"}}
+        r.add(n, f"uid-{n}")
+
 
 async def _until(cond: Callable[[], bool]) -> None:
     while not cond():
@@ -87,8 +99,7 @@ async def test_renewals_on_time_stay_within_the_calm_limit_and_late_ones_go_past
     kube = _HeldKube()
     r = LeaseController(cast(Any, kube), LeaseControllerConfig("holder", duration=4, concurrency=8, calm=2))   # 1 s interval
     assert r.urgent_after == 1.0
-    for i in range(6):
-        r.add(f"n{i}", f"uid{i}")
+    _held_before(r, [f"n{i}" for i in range(6)])
     t = asyncio.create_task(r.run())
     try:
         await asyncio.wait_for(_until(lambda: kube.active == 2), 2)
@@ -103,6 +114,43 @@ async def test_renewals_on_time_stay_within_the_calm_limit_and_late_ones_go_past
         t.cancel()
         await asyncio.gather(t, return_exceptions=True)
     assert r._calm is not None and r._calm._value == 2   # every calm slot came back
+
+
+async def test_first_acquisitions_are_not_held_to_the_calm_limit() -> None:
+    """A new node's first play waits for its lease: acquisitions take any of `concurrency`."""
+    kube = _HeldKube()
+    r = LeaseController(cast(Any, kube), LeaseControllerConfig("holder", duration=4, concurrency=8, calm=2))
+    for i in range(6):
+        r.add(f"n{i}", f"uid{i}")
+    t = asyncio.create_task(r.run())
+    try:
+        await asyncio.wait_for(_until(lambda: kube.active == 6), 0.5)   # well before any would be urgent
+        assert r.urgent == 0
+        kube.release.set()
+        await asyncio.wait_for(_until(lambda: all(r.holds(f"n{i}") for i in range(6))), 2)
+    finally:
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+
+async def test_an_on_time_renewal_gives_way_to_first_acquisitions_for_a_while() -> None:
+    """While new nodes wait for their first acquisition, a renewal on time is put back (its lease
+    is young), and goes once it is `first_grace` late whatever waits."""
+    kube = _HeldKube()
+    kube.release.set()
+    r = LeaseController(cast(Any, kube), LeaseControllerConfig("holder", duration=40))
+    _held_before(r, ["old"])
+    r.add("new", "uid-new")
+    assert r.first == {"new"}
+    due = time.monotonic()
+    await r._renew("old", None, due)
+    assert r.deferred == 1 and r.queue.pending("old") == due      # put back, its first due kept
+    await r._renew("old", None, due - r.first_grace)             # as late as it may be: renewed
+    assert r.deferred == 1 and r.renewals == 1
+    await r._renew("new", None, time.monotonic())                # the first acquisition done
+    assert not r.first and r.holds("new")
+    await r._renew("old", None, time.monotonic())                # nothing waits: at once
+    assert r.deferred == 1 and r.renewals == 3
 
 
 def test_no_calm_limit_when_it_is_not_below_the_concurrency() -> None:

@@ -28,6 +28,7 @@ def _renewer(lag: float) -> tuple[LeaseController, _Kube]:
     for n in ("ready", "new"):
         r.add(n, f"uid-{n}")
     r.held.update(("ready", "new"))   # both leases acquired earlier
+    r.first.clear()
     r.set_ready("ready", True)
     return r, kube
 
