@@ -18,14 +18,21 @@ those nodes at its next renewal.) Besides scaling and
 deaths, the monitor rebalances: node names hash to buckets, so the shards' node counts drift
 from N/S by sampling noise; once the total has held still for a few rounds and a shard is off by
 more than ``rebalance_tolerance``, a few whole buckets move (shardlet.ownership.balance).
+
+Credentials: the user's own never reach a shard (shardlet.actor). With ``credentials`` the
+coordinator obtains a short-lived token of the least-privilege account and pushes it to each
+shard before every assignment (so a restarted or re-adopted worker has it too) and to all of
+them again at 70-80% of its life; without, shards read the kubeconfig path they were built with
+on their own host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -41,8 +48,9 @@ NAMESPACE = "shardlet"
 
 
 class Coordinator:
-    def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type,
-                 detached: bool, shard_cpus: float = 0.0, dead_after: float = 8.0,
+    def __init__(self, *, name: str, shards: int, config: bytes, kubeconfig: str | None, actor: type,
+                 detached: bool, credentials: Callable[[], Awaitable[tuple[dict[str, Any], float]]] | None = None,
+                 shard_cpus: float = 0.0, dead_after: float = 8.0,
                  rebalance_tolerance: float = 0.02, settle_rounds: int = 3, adopt_timeout: float = 60.0,
                  spawn: Callable[[str], Any] | None = None,
                  kill: Callable[[Any, bool], None] | None = None,
@@ -57,7 +65,11 @@ class Coordinator:
         self.config = config
         # with bucket labels the table has one entry per label value; without, the default count
         self.buckets = int(unpack(config).get("buckets") or 0) or DEFAULT_BUCKETS
-        self.kubeconfig_text = kubeconfig_text
+        self.kubeconfig = kubeconfig        # a path each shard reads on its own host (None: in-cluster)
+        self.credentials = credentials      # () -> (message for ShardActor.credentials, seconds valid)
+        self._creds: bytes | None = None
+        self._creds_renew_at = 0.0
+        self._creds_failures = 0
         self.detached = detached
         self.shard_cpus = shard_cpus
         self.dead_after = dead_after
@@ -97,8 +109,7 @@ class Coordinator:
                                     max_concurrency=1000)
         if self.detached:
             opts["lifetime"] = "detached"
-        return self._actor_cls().options(**opts).remote(sid, self._actor_name(sid), self.config,
-                                                        self.kubeconfig_text)
+        return self._actor_cls().options(**opts).remote(sid, self._actor_name(sid), self.config, self.kubeconfig)
 
     # Tables name "shard-<i>", not the actor's cluster-qualified name, so the same shard
     # count gives the same slices on every cluster (and in every test run).
@@ -178,7 +189,38 @@ class Coordinator:
                 return
             await asyncio.sleep(0.5)
 
+    async def _fetch_credentials(self) -> None:
+        assert self.credentials is not None
+        creds, valid = await self.credentials()
+        self._creds = pack(creds)
+        self._creds_renew_at = self.clock() + valid * (0.7 + 0.1 * random.random())
+
+    async def keep_credentials(self) -> None:
+        """Renew the shards' token when due and push it to every shard; a failure is retried with
+        backoff (the old token stays valid for the rest of its life meanwhile)."""
+        if self.credentials is None or self.clock() < self._creds_renew_at:
+            return
+        try:
+            await self._fetch_credentials()
+            self._creds_failures = 0
+        except Exception as e:
+            self._creds_failures += 1
+            self._creds_renew_at = self.clock() + min(60.0, 2.0 ** self._creds_failures)
+            log.warning("shard_token_renew_failed", error=repr(e)[:300], failures=self._creds_failures)
+            return
+        msg = self._creds
+
+        async def one(sid: str, a: Any) -> None:
+            try:
+                await asyncio.wait_for(a.credentials.remote(msg), 30)
+            except Exception as e:  # a dead one gets it again before its next assignment
+                log.warning("shard_token_push_failed", shard=sid, error=repr(e)[:200])
+        await asyncio.gather(*(one(sid, a) for sid, a in self.actors.items()))
+        log.info("shard_token_renewed", shards=len(self.actors))
+
     async def start(self) -> None:
+        if self.credentials is not None:
+            await self._fetch_credentials()   # a UserError (no account, RBAC) ends the run here
         if self.detached and await self._adopt_existing():
             return
         ids = [self._shard_id(i) for i in range(self.want)]
@@ -197,6 +239,8 @@ class Coordinator:
 
         async def one(sid: str) -> tuple[str, bool]:
             try:
+                if self._creds is not None:   # before every assignment: a restarted worker has none
+                    await asyncio.wait_for(self.actors[sid].credentials.remote(self._creds), timeout)
                 ack = unpack(await asyncio.wait_for(self.actors[sid].assign.remote(msg), timeout))
                 return sid, bool(ack.get("ok"))
             except Exception as e:
@@ -300,6 +344,7 @@ class Coordinator:
             failing = self.table is not None and any(s in self.failing_since for s in self.table.shards)
             await asyncio.sleep(failing_interval if failing else interval)
             async with self._lock:
+                await self.keep_credentials()
                 await self._check_all()
                 await self._maybe_rebalance()
 
@@ -411,6 +456,17 @@ class Coordinator:
         parts = await asyncio.gather(*(one(self.actors[s]) for s in self.shards if s in self.actors))
         return list(dict.fromkeys(t for p in parts for t in p))   # a path without a node comes from every shard
 
+    async def fail_task(self, prefix: str) -> list[str]:
+        """The fire drill on every shard (shardlet.supervise.Supervisor.fail)."""
+        async def one(sid: str, a: Any) -> list[str]:
+            try:
+                return [f"{sid}/{n}" for n in await asyncio.wait_for(a.fail_task.remote(prefix), 10)]
+            except Exception as e:
+                log.warning("fail_task_failed", shard=sid, error=repr(e)[:200])
+                return []
+        parts = await asyncio.gather(*(one(sid, a) for sid, a in self.actors.items()))
+        return [n for p in parts for n in p]
+
     async def stop(self, release_leases: bool) -> None:
         if self.detached:
             return   # --keep-shards: they keep serving; a new coordinator re-adopts them
@@ -446,7 +502,7 @@ def _merge_exposition(parts: list[bytes]) -> bytes:
 
 async def serve(coord: Coordinator, status_port: int, release_leases: bool, status_addr: str = "127.0.0.1") -> None:
     ep = Endpoint(coord.status, coord.metrics, coord.scale, node_metrics=coord.node_metrics,
-                  metric_targets=coord.metric_targets)
+                  metric_targets=coord.metric_targets, fail_task=coord.fail_task)
     await coord.start()
     port = await ep.start(coord.name, status_port, status_addr)
     log.info("coordinator_ready", name=coord.name, shards=len(coord.shards), epoch=coord.table.epoch if coord.table else 0,
@@ -489,7 +545,8 @@ def stop_detached(name: str, ray_address: str, release_leases: bool = False) -> 
         ray.shutdown()
 
 
-def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, actor: type, ray_address: str | None,
+def run(*, name: str, shards: int, config: bytes, kubeconfig: str | None, actor: type, ray_address: str | None,
+        credentials: Callable[[], Awaitable[tuple[dict[str, Any], float]]] | None = None,
         status_port: int = 0, release_leases: bool = False, shard_cpus: float = 0.0,
         status_addr: str = "127.0.0.1", keep_shards: bool = False) -> int:
     import os
@@ -503,8 +560,8 @@ def run(*, name: str, shards: int, config: bytes, kubeconfig_text: str | None, a
         # address="local": always a private Ray, never one some `ray start` left on the host
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=max(2, os.cpu_count() or 2),
                  object_store_memory=128 << 20, log_to_driver=True)
-    coord = Coordinator(name=name, shards=shards, config=config, kubeconfig_text=kubeconfig_text, actor=actor,
-                        detached=keep_shards, shard_cpus=shard_cpus)
+    coord = Coordinator(name=name, shards=shards, config=config, kubeconfig=kubeconfig, actor=actor,
+                        detached=keep_shards, shard_cpus=shard_cpus, credentials=credentials)
     try:
         aio.run(serve(coord, status_port, release_leases, status_addr))
     finally:

@@ -29,8 +29,10 @@ class Endpoint:
     def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]], metrics: Callable[[], Awaitable[bytes]],
                  scale: Callable[[int], Awaitable[dict[str, Any]]] | None = None,
                  node_metrics: Callable[[str], Awaitable[tuple[int, str]]] | None = None,
-                 metric_targets: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None) -> None:
+                 metric_targets: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None,
+                 fail_task: Callable[[str], Awaitable[list[str]]] | None = None) -> None:
         self._status, self._metrics, self._scale = status, metrics, scale
+        self._fail_task = fail_task
         self._node_metrics = node_metrics
         self._metric_targets = metric_targets
         self.runner: web.AppRunner | None = None
@@ -44,6 +46,7 @@ class Endpoint:
         app.router.add_get("/metrics/{rest:.+}", self._h_node_metrics)
         app.router.add_get("/discovery/prometheus", self._h_discovery)
         app.router.add_post("/shards", self._h_scale)
+        app.router.add_post("/debug/fail-task", self._h_fail_task)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, addr, port)
@@ -84,6 +87,15 @@ class Endpoint:
         targets = await self._metric_targets() if self._metric_targets is not None else []
         return web.json_response([{"targets": [req.host], "labels": {
             "metrics_name": name, "__scheme__": req.scheme, "__metrics_path__": path}} for name, path in targets])
+
+    async def _h_fail_task(self, req: web.Request) -> web.Response:
+        """A fire drill (shardlet.supervise): end the shards' running tasks whose name starts
+        with ``name`` (e.g. ``watch:nodes``) as a bug would; they restart and show in status."""
+        prefix = req.query.get("name", "")
+        if not prefix or self._fail_task is None:
+            return web.json_response({"error": "name=TASK-PREFIX is required (see task_errors in /status)"},
+                                     status=400)
+        return web.json_response({"failed": await self._fail_task(prefix)})
 
     async def _h_scale(self, req: web.Request) -> web.Response:
         if self._scale is None:

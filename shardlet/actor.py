@@ -5,20 +5,25 @@ phase. In the release phase a shard keeps only nodes it owns under both the old 
 table; in the acquire phase it takes everything the new table gives it. Because a node's bucket
 is a pure function of its name, every shard reads the same owner from one table, so no node is
 served by two shards in one epoch. Messages are msgpack bytes (coordinator.messages).
+
+Credentials never travel as the user's: the actor is built with either nothing (it then waits for
+``credentials``: the apiserver's address and CA, and a short-lived token of the least-privilege
+ServiceAccount that the coordinator requests and pushes again before it expires, also to a
+restarted worker) or the path of a kubeconfig the user placed on every Ray host (``run
+--shard-kubeconfig``; in a pod, its own service account). Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from typing import Any
 
 import structlog
 
 from coordinator.messages import Slice, pack, unpack
-from shardlet.api import Kube
+from shardlet.api import Kube, token_credentials
 from shardlet.ownership import Ownership, Table
 from shardlet.shard import Shard, ShardConfig
 
@@ -28,7 +33,7 @@ log = structlog.get_logger("shardlet.actor")
 class ShardActor:
     """Plain class; `coordinator.driver` wraps it with `ray.remote` and its restart options."""
 
-    def __init__(self, shard_id: str, holder: str, config: bytes, kubeconfig_text: str | None) -> None:
+    def __init__(self, shard_id: str, holder: str, config: bytes, kubeconfig: str | None) -> None:
         from shardlet import heap, logs
 
         heap.tune()
@@ -40,17 +45,15 @@ class ShardActor:
         cfg["holder"] = f"{cfg['instance']}/{shard_id}" if cfg.get("instance") else holder
         cfg["profiles"] = tuple(cfg.get("profiles", ()))
         cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
+        cfg["rbac_extra_rules"] = tuple(cfg.get("rbac_extra_rules", ()))
+        if cfg.get("server_address") or cfg.get("node_port"):
+            # shards share hosts: each kubelet server on a free port, which its nodes advertise
+            host = str(cfg.get("server_address") or "0.0.0.0:").rpartition(":")[0] or "0.0.0.0"
+            cfg["server_address"] = f"{host}:0"
         self.cfg = ShardConfig(**cfg)
-        self.kubeconfig: str | None = None
-        if kubeconfig_text is not None:
-            # a directory of its own, 0700 and new (mkdtemp: O_EXCL semantics, an unpredictable
-            # name), and the file created in it, never through a link another user planted
-            d = tempfile.mkdtemp(prefix=f"shardlet-{holder}-")
-            path = os.path.join(d, "kubeconfig")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(kubeconfig_text)
-            self.kubeconfig = path
+        self.kubeconfig = kubeconfig    # a path on this host (None: in-cluster), unless pushed credentials come
+        self.trust: dict[str, Any] | None = None
+        self.token: str | None = None
         self.shard: Shard | None = None
         self.table: Table | None = None
         self.epoch = 0
@@ -58,6 +61,23 @@ class ShardActor:
         self.started_at = time.time()
         self._lock = asyncio.Lock()
 
+
+    async def credentials(self, msg: bytes) -> bool:
+        """The apiserver's address and CA and a token to use for every request (first, and each
+        renewal: a running shard switches at once)."""
+        d = unpack(msg)
+        self.trust, self.token = d["trust"], str(d["token"])
+        if self.shard is not None:
+            self.shard.kube.set_bearer(self.token)
+        return True
+
+    def _kube(self) -> Kube:
+        if self.trust is None:
+            return Kube.from_kubeconfig(self.kubeconfig)
+        kube = Kube(token_credentials(self.trust))
+        assert self.token is not None
+        kube.set_bearer(self.token)
+        return kube
 
     async def assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
@@ -68,7 +88,7 @@ class ShardActor:
             if self.shard is None:
                 # first assignment (or after a restart): serve the new slice straight away
                 own = Ownership.of(self.id, new) if s.phase == "acquire" else Ownership.of(self.id, new, self.table or new)
-                self.shard = Shard(Kube.from_kubeconfig(self.kubeconfig), self.cfg, own)
+                self.shard = Shard(self._kube(), self.cfg, own)
                 await self.shard.start()
             else:
                 own = Ownership.of(self.id, self.table or new, new) if s.phase == "release" else Ownership.of(self.id, new)
@@ -101,14 +121,11 @@ class ShardActor:
     async def metric_targets(self) -> bytes:
         return pack(self.shard.metric_targets() if self.shard else [])
 
+    async def fail_task(self, prefix: str) -> list[str]:
+        return self.shard.supervisor.fail(prefix, "injected by POST /debug/fail-task") if self.shard else []
+
     async def stop(self, release_leases: bool = False) -> bool:
         if self.shard is not None:
             await self.shard.stop(release_leases=release_leases)
             self.shard = None
-        if self.kubeconfig:
-            try:
-                os.unlink(self.kubeconfig)
-                os.rmdir(os.path.dirname(self.kubeconfig))
-            except OSError:
-                pass
         return True

@@ -84,25 +84,26 @@ def load_credentials(kubeconfig: str | None, context: str | None = None) -> Cred
     return Credentials(cfg.host.rstrip("/"), ctx, token, token_file, bare if not token else None)
 
 
-def inline_kubeconfig(path: str) -> str:
-    """The kubeconfig with every referenced file embedded (*-data), for shards on other hosts."""
-    import base64
-    import os
+def server_trust(kubeconfig: str) -> dict[str, Any]:
+    """The apiserver's address and how to trust it (CA PEM, or verify off), without the user's
+    credentials: what a shard on another host gets besides a token (see shardlet.actor)."""
+    from kubernetes import client, config  # heavy import, only here
 
-    import yaml
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    ca = None
+    if cfg.verify_ssl and cfg.ssl_ca_cert:
+        with open(cfg.ssl_ca_cert) as f:
+            ca = f.read()
+    return {"server": cfg.host.rstrip("/"), "ca": ca, "verify": bool(cfg.verify_ssl)}
 
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    base = os.path.dirname(os.path.abspath(path))
-    for section, keys in (("clusters", ("certificate-authority",)), ("users", ("client-certificate", "client-key"))):
-        for entry in cfg.get(section) or []:
-            body = entry.get(section[:-1]) or {}
-            for k in keys:
-                ref = body.pop(k, None)
-                if ref:
-                    with open(os.path.join(base, ref), "rb") as f:
-                        body[f"{k}-data"] = base64.b64encode(f.read()).decode()
-    return str(yaml.safe_dump(cfg))
+
+def token_credentials(trust: dict[str, Any]) -> Credentials:
+    """Credentials of a shard that talks with a token pushed to it (:meth:`Kube.set_bearer`)."""
+    ctx: ssl.SSLContext | bool = False
+    if trust.get("verify", True):
+        ctx = ssl.create_default_context(cadata=trust["ca"]) if trust.get("ca") else ssl.create_default_context()
+    return Credentials(str(trust["server"]), ctx)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class _Token:
     value: str | None = None
     stale: bool = False   # the apiserver refused it (401): the keeper mints a new one at once
     refused: int = 0      # requests it was refused (401, 403): errors, never retried with the certificate
+    pushed: str | None = None   # a shard's only credential, pushed by its coordinator (set_bearer)
 
 
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
@@ -186,6 +188,14 @@ class Kube:
             self._token.stale = False
 
     @property
+    def auth(self) -> str:
+        """How requests authenticate: "pushed" (a coordinator's token, shardlet.actor), "token"
+        (exchanged for the certificate, shardlet.satoken), "cert" or "kubeconfig"."""
+        if self._token.pushed is not None:
+            return "pushed"
+        return "token" if self.token_in_use else ("cert" if self.client_cert else "kubeconfig")
+
+    @property
     def token_in_use(self) -> bool:
         return self._token.value is not None
 
@@ -197,9 +207,16 @@ class Kube:
     def token_refused(self) -> int:
         return self._token.refused
 
+    def set_bearer(self, token: str) -> None:
+        """Authenticate every request with this token from now on (a shard's coordinator pushes
+        each renewal of it; the Kube and its siblings have no other credential)."""
+        self._token.pushed = token
+
     def _bearer(self) -> str | None:
-        """The kubeconfig's or service account's token. Projected tokens rotate: the file is re-read
-        once a minute, as client-go's cached file token source does."""
+        """The pushed token, or the kubeconfig's or service account's. Projected tokens rotate: the
+        file is re-read once a minute, as client-go's cached file token source does."""
+        if self._token.pushed is not None:
+            return self._token.pushed
         if not self.creds.token_file:
             return self.creds.token
         at, token = self._file_token

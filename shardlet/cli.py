@@ -2,7 +2,8 @@
 
 Every failure a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
 A YAML file given with --config holds the same settings as the flags (long flag names, with
-dashes or underscores); flags given on the command line win.
+dashes or underscores), or kwok's documents (a KwokConfiguration and Stages, shardlet.kwokconfig);
+flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def _cluster_up(args: argparse.Namespace) -> int:
     )
     c = Cluster(args.name)
     c.up(opts, timeout=args.wait)
+    if not args.no_kubeconfig_context:
+        from shardlet.controlplane.userconfig import add_context
+
+        path, ctx = add_context(args.name, c.server(), c.pki.ca_cert, c.pki.admin_cert, c.pki.admin_key,
+                                c.dir / "user-kubeconfig.json")
+        print(f"context {ctx} added to {path} (kubectl --context {ctx})", file=sys.stderr)
     if args.shards is not None and args.shards > 0:
         from shardlet.runner import start_background
 
@@ -78,9 +85,13 @@ def _wait_runner(name: str, timeout: float) -> None:
 
 def _cluster_down(args: argparse.Namespace) -> int:
     from shardlet.controlplane.cluster import Cluster
+    from shardlet.controlplane.userconfig import remove_context
 
-    stopped = Cluster(args.name).down()
-    print(f"cluster {args.name} down ({', '.join(stopped) or 'nothing was running'})")
+    c = Cluster(args.name)
+    changed = remove_context(args.name, c.dir / "user-kubeconfig.json")
+    stopped = c.down()
+    print(f"cluster {args.name} down ({', '.join(stopped) or 'nothing was running'})"
+          + (f"; context shardlet-{args.name} removed from {changed}" if changed else ""))
     return 0
 
 
@@ -163,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shardlet serves kwok's node resource metrics (/metrics/nodes/NODE/metrics/resource on "
                          "its status endpoint), like kwokctl's --enable-metrics-server")
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument("--no-kubeconfig-context", action="store_true",
+                    help="do not add the context shardlet-NAME to $KUBECONFIG (or ~/.kube/config); "
+                         "'cluster down' removes it")
     up.set_defaults(func=_cluster_up)
     down = csub.add_parser("down", help="stop every process of a local cluster and delete its files")
     add_target(down)
@@ -197,15 +211,71 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     if not known.config:
         return
     try:
-        data = yaml.safe_load(Path(known.config).read_text()) or {}
+        docs = [d for d in yaml.safe_load_all(Path(known.config).read_text()) if d is not None]
     except OSError as e:
         raise UserError(f"--config {known.config}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise UserError(f"--config {known.config}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {known.config}: must be a mapping of flag names to values")
-    defaults = {str(k).replace("-", "_"): v for k, v in data.items()}
+    names = _flag_names(parser)
+    if any(isinstance(d, dict) and "kind" in d for d in docs):
+        data = _kwok_documents(docs, known.config)
+    elif len(docs) > 1 or (docs and not isinstance(docs[0], dict)):
+        raise UserError(f"--config {known.config}: must be one mapping of flag names to values, or kwok's "
+                        "documents (KwokConfiguration, Stage)")
+    else:
+        data = docs[0] if docs else {}
+    unknown = sorted(str(k) for k in data if str(k).replace("_", "-") not in names)
+    if unknown:
+        raise UserError(f"--config {known.config}: {', '.join(unknown)}: no such flag")
+    # a key is any of a flag's names (kwok's among them), with - or _
+    defaults = {names[str(k).replace("_", "-")]: v for k, v in data.items()}
     _set_defaults_everywhere(parser, defaults)
+
+
+def _kwok_documents(docs: list[Any], path: str) -> dict[str, Any]:
+    """kwok's --config: the KwokConfiguration's options as flags, its Stages as a stage file."""
+    from shardlet.kwokconfig import KWOK_CONFIG, from_kwok_configuration
+
+    flags: dict[str, Any] = {}
+    stages = False
+    for i, d in enumerate(docs):
+        where = f"--config {path} (document {i + 1})"
+        if not isinstance(d, dict) or "kind" not in d:
+            raise UserError(f"{where}: every document needs apiVersion and kind once one has them "
+                            "(shardlet's own flags go in a file of their own)")
+        kind = (d.get("apiVersion"), d.get("kind"))
+        if kind == KWOK_CONFIG:
+            more, warnings = from_kwok_configuration(d, where)
+            flags.update(more)
+            for w in warnings:
+                print(f"shardlet: warning: {w}", file=sys.stderr)
+        elif d.get("kind") == "Stage":
+            stages = True
+        elif d.get("kind") in ("Metric", "ResourceUsage", "ClusterResourceUsage"):
+            raise UserError(f"{where}: {d['kind']}: give these with --metric-file")
+        else:
+            raise UserError(f"{where}: {d.get('apiVersion')}/{d.get('kind')}: not read from --config by shardlet "
+                            "(apply it to the cluster)")
+    if stages:
+        # kwok plays exactly its config's Stages (no default set, no Stage objects); the stage
+        # loader skips the file's other documents
+        if flags.get("stages-from") == "cluster":
+            raise UserError(f"--config {path}: Stage documents and enableCRDs: [Stage]: kwok refuses both, choose one")
+        flags.update({"stage-file": [path], "profile": "none", "stages-from": "config"})
+    return flags
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every long flag name (without --) of the parser and its subcommands -> its dest."""
+    out: dict[str, str] = {}
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                out.update(_flag_names(sp))
+        for opt in a.option_strings:
+            if opt.startswith("--"):
+                out[opt[2:]] = a.dest
+    return out
 
 
 def _set_defaults_everywhere(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:

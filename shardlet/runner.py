@@ -19,6 +19,7 @@ import structlog
 from shardlet import aio, heap
 from shardlet.controllers.nodes import FAKE_ANNOTATION
 from shardlet.errors import UserError
+from shardlet.satoken import load_rules
 from shardlet.shard import ShardConfig
 
 if TYPE_CHECKING:
@@ -28,12 +29,24 @@ log = structlog.get_logger("shardlet.runner")
 CRD_DIR = Path(__file__).with_name("crds")
 
 
+def go_bool(v: str) -> bool:
+    """A Go boolean flag's value (strconv.ParseBool)."""
+    if v in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if v in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"{v!r} is not a boolean (true or false)")
+
+
 def add_shard_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to manage")
-    g.add_argument("--manage-all-nodes", action="store_true", help="play kubelet for every node")
-    g.add_argument("--node-annotation-selector", default=FAKE_ANNOTATION,
+    # kwok's flag names are aliases (its Go booleans take =true/=false too): a kwok command line
+    # runs with one word changed
+    g.add_argument("--manage-all-nodes", nargs="?", const=True, default=False, type=go_bool, metavar="BOOL",
+                   help="play kubelet for every node")
+    g.add_argument("--node-annotation-selector", "--manage-nodes-with-annotation-selector", default=FAKE_ANNOTATION,
                    help="manage nodes whose annotations match k=v[,k2=v2] (default: %(default)s)")
-    g.add_argument("--node-label-selector", default="",
+    g.add_argument("--node-label-selector", "--manage-nodes-with-label-selector", default="",
                    help="manage nodes matching this label selector (sent to the apiserver)")
     g = p.add_argument_group("behaviour")
     g.add_argument("--profile", default=None,
@@ -47,7 +60,7 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                         "--enable-crds=Stage); 'both' the command line's, where a Stage object of the same name "
                         "replaces one and others are added (default: %(default)s)")
     g.add_argument("--no-stage-crd", action="store_true", help="the same as --stages-from config")
-    g.add_argument("--lease-duration", type=int, default=40,
+    g.add_argument("--lease-duration", "--node-lease-duration-seconds", type=int, default=40,
                    help="node lease duration in seconds, renewed every quarter; 0: no leases (default: %(default)s)")
     g.add_argument("--id", default=None,
                    help="this instance's lease holder identity, unique per instance (default: HOSTNAME_UUID, new "
@@ -56,7 +69,20 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                         "restart. Ray shards hold theirs as ID/SHARD")
     g.add_argument("--cidr", default="10.0.0.0/24", help="pod CIDR for nodes without spec.podCIDR (default: %(default)s)")
     g.add_argument("--node-ip", default="127.0.0.1", help="value of the NodeIP template function (default: %(default)s)")
-    g.add_argument("--node-port", type=int, default=10250, help="value of NodePort (default: %(default)s)")
+    g.add_argument("--node-name", default="",
+                   help="value of NodeName: the nodes' Hostname address (default: none, as the apiserver then "
+                        "reaches the kubelet server at the InternalIP)")
+    g.add_argument("--node-port", type=int, default=10250,
+                   help="the port nodes advertise (NodePort) and, without --server-address, where the kubelet "
+                        "server listens on every interface; 0: no kubelet server (default: %(default)s)")
+    g.add_argument("--server-address", default="", metavar="HOST:PORT",
+                   help="where the kubelet server (logs, healthz) listens, as kwok's flag; port 0 picks a free "
+                        "one, which the nodes then advertise")
+    g.add_argument("--tls-cert-file", help="the kubelet server's serving certificate (default: self-signed)")
+    g.add_argument("--tls-private-key-file", help="its key")
+    g.add_argument("--kubelet-client-ca", metavar="FILE",
+                   help="require a client certificate signed by this CA on the kubelet server (the "
+                        "apiserver's --kubelet-client-certificate)")
     g.add_argument("--pod-watch", choices=["cluster", "node"], default=None,
                    help="one cluster-wide pod watch filtered by node (kwok's way), or one field-selected watch "
                         "per owned node (default: cluster with one shard, node with several)")
@@ -102,6 +128,14 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                    help="create (or update) that ServiceAccount and its least-privilege roles if missing, "
                         "as 'shardlet rbac apply' does ('shardlet rbac delete' removes them); never touches "
                         "an object of the same name that shardlet does not manage")
+    g.add_argument("--rbac-extra-rules", metavar="FILE",
+                   help="a YAML list of RBAC rules that --create-rbac and 'rbac apply' add to the account's "
+                        "ClusterRole (Stages on other kinds, when shards run on its token), like the chart's "
+                        "rbac.extraRules")
+    g.add_argument("--shard-kubeconfig", metavar="PATH",
+                   help="sharded (Ray): each shard reads the kubeconfig at PATH on its own host (place it on every "
+                        "Ray host) instead of the short-lived token of kube-system/shardlet that the coordinator "
+                        "pushes by default; the kubeconfig given to run never reaches a shard")
     g.add_argument("--no-server-shard-filter", action="store_true",
                    help="sharded: filter the objects of generic Stage controllers here instead of asking the "
                         "apiserver for this shard's slice with a shardSelector (Kubernetes 1.36 "
@@ -133,6 +167,12 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
     sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
+    if args.server_address:
+        _host, sep, port = args.server_address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise UserError(f"--server-address {args.server_address!r}: must be HOST:PORT (port 0: any free one)")
+    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
+        raise UserError("--tls-cert-file and --tls-private-key-file: give both or neither")
     instance = args.id if args.id is not None else identity()
     if not instance or any(c.isspace() for c in instance) or "/" in instance:
         raise UserError(f"--id {instance!r}: must be non-empty, without spaces or '/'")
@@ -141,13 +181,17 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
         node_annotation_selector=args.node_annotation_selector,
         node_label_selector=args.node_label_selector, lease_duration=args.lease_duration,
         profiles=profiles, stage_files=tuple(args.stage_file), watch_stages=stages_from != "config",
-        cidr=args.cidr, node_ip=args.node_ip, node_port=args.node_port,
+        cidr=args.cidr, node_ip=args.node_ip, node_name=args.node_name, node_port=args.node_port,
+        server_address=args.server_address,
+        tls_cert_file=args.tls_cert_file, tls_private_key_file=args.tls_private_key_file,
+        kubelet_client_ca=args.kubelet_client_ca,
         stage_concurrency=args.concurrency,
         pod_watch=args.pod_watch or ("node" if sharded else "cluster"),
         buckets=args.buckets if args.buckets is not None else (0 if not sharded else 1024),
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         node_metrics=bool(args.node_metrics or args.metric_file), metric_files=tuple(args.metric_file),
         token_exchange=not args.no_token_exchange, create_rbac=args.create_rbac,
+        rbac_extra_rules=tuple(load_rules(args.rbac_extra_rules)),
         server_shard_filter=not args.no_server_shard_filter,
     )
 
@@ -217,7 +261,9 @@ async def run_single(cfg: ShardConfig, kubeconfig: str | None, release_leases: b
         return shard.node_metrics(path)
     async def metric_targets() -> list[tuple[str, str]]:
         return shard.metric_targets()
-    ep = Endpoint(status, metrics, node_metrics=node_metrics, metric_targets=metric_targets)
+    async def fail_task(prefix: str) -> list[str]:
+        return shard.supervisor.fail(prefix, "injected by POST /debug/fail-task")
+    ep = Endpoint(status, metrics, node_metrics=node_metrics, metric_targets=metric_targets, fail_task=fail_task)
     port = await ep.start(run_name, status_port, status_addr)
     log.info("coordinator_ready", name=run_name, shards=1, status=f"http://127.0.0.1:{port}/status")
     await stop.wait()
@@ -254,11 +300,19 @@ def _run(args: argparse.Namespace) -> int:
     # runs out of the job's working_dir, which Ray may delete once it counts no worker using it
     # (seen in CI: FileNotFoundError for shardlet/actor.py between ray.init and the first actor).
     from shardlet.actor import ShardActor
-    from shardlet.api import inline_kubeconfig
+    from shardlet.satoken import shard_token_source
 
     cfg = config_to_dict(shard_config(args))
-    return driver.run(name=args.name, shards=args.shards, config=pack(cfg),
-                      kubeconfig_text=inline_kubeconfig(kubeconfig) if kubeconfig else None, actor=ShardActor,
+    # The shards never get the user's credentials (shardlet.actor): a kubeconfig each reads on
+    # its own host, the pod's own account in a cluster, or else a token the coordinator pushes
+    credentials = None
+    shard_kubeconfig = args.shard_kubeconfig
+    if shard_kubeconfig is None and kubeconfig:
+        credentials = shard_token_source(kubeconfig, create=args.create_rbac,
+                                         extra_rules=load_rules(args.rbac_extra_rules))
+        cfg["create_rbac"] = False   # the coordinator has done it
+    return driver.run(name=args.name, shards=args.shards, config=pack(cfg), credentials=credentials,
+                      kubeconfig=shard_kubeconfig, actor=ShardActor,
                       ray_address=args.ray_address, status_port=args.status_port, status_addr=args.status_addr,
                       release_leases=args.release_leases_on_exit, shard_cpus=args.shard_cpus,
                       keep_shards=args.keep_shards)
@@ -281,7 +335,8 @@ def _rbac(args: argparse.Namespace) -> int:
         kube = Kube.from_kubeconfig(resolve_kubeconfig(args))
         try:
             if args.action == "apply":
-                return [f"{what}: created" for what in await ensure_account(kube)] or ["up to date"]
+                made = await ensure_account(kube, load_rules(args.rbac_extra_rules))
+                return [f"{what}: created" for what in made] or ["up to date"]
             return await delete_account(kube)
         finally:
             await kube.close()
@@ -296,10 +351,14 @@ def register_cli(sub: Any) -> None:
 
     add_target(p)
     add_shard_flags(p)
+    # after `run` too, where a kwok user puts it (`kwok --config F` -> `shardlet run --config F`)
+    p.add_argument("--config", help="YAML file: shardlet's flags, or kwok's KwokConfiguration and Stages")
     p.set_defaults(func=_run)
     r = sub.add_parser("rbac", help="create or delete the ServiceAccount kube-system/shardlet and its "
                                     "least-privilege roles (the token a client-certificate run uses)")
     r.add_argument("action", choices=["apply", "delete"])
+    r.add_argument("--rbac-extra-rules", metavar="FILE",
+                   help="a YAML list of RBAC rules added to the ClusterRole (Stages on other kinds)")
     add_target(r)
     r.set_defaults(func=_rbac)
     s = sub.add_parser("stop", help="stop the shards a 'run --keep-shards' left on a Ray cluster (its coordinator "
@@ -317,15 +376,26 @@ def install_crds(cluster: Cluster) -> None:
                     "-f", str(CRD_DIR)], check=True, capture_output=True)
 
 
+def kubelet_server_args(cluster: Cluster) -> list[str]:
+    """The kubelet server beside a local cluster: on loopback at a free port (a real kubelet may
+    hold 10250), certified by the cluster's CA, accepting only the apiserver's client certificate."""
+    k = cluster.pki
+    return ["--server-address", "127.0.0.1:0", "--tls-cert-file", str(k.kubelet_serving_cert),
+            "--tls-private-key-file", str(k.kubelet_serving_key), "--kubelet-client-ca", str(k.ca_cert)]
+
+
 def start_background(cluster: Cluster, *, shards: int, profile: str, lease_duration: int,
                      extra: list[str] | None = None) -> None:
     """Start `shardlet run` beside a local cluster; `cluster down` stops it with the rest."""
     install_crds(cluster)
     logf = open(cluster.log_dir / "shardlet.log", "ab")
-    # --create-rbac: this cluster is shardlet's own, and the token spares its apiserver CPU
+    # --create-rbac: this cluster is shardlet's own, and the token spares its apiserver CPU; its
+    # account may do anything here, so that Ray shards on its token play Stages on any kind
+    rules = cluster.dir / "shardlet-rbac-rules.yaml"
+    rules.write_text('- {apiGroups: ["*"], resources: ["*"], verbs: ["*"]}\n')
     cmd = [sys.executable, "-m", "shardlet.cli", "run", "--name", cluster.name, "--shards", str(shards),
            "--profile", profile, "--lease-duration", str(lease_duration), "--metrics-port", "0",
-           "--create-rbac", *(extra or [])]
+           "--create-rbac", "--rbac-extra-rules", str(rules), *kubelet_server_args(cluster), *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     logf.close()

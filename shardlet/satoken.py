@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -46,7 +47,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes/status", "pods/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {"apiGroups": ["kwok.x-k8s.io"], "resources": ["stages", "metrics", "resourceusages", "clusterresourceusages"],
+    {"apiGroups": ["kwok.x-k8s.io"], "resources": ["stages", "metrics", "resourceusages", "clusterresourceusages",
+                                                   "logs", "clusterlogs"],
      "verbs": ["get", "list", "watch"]},
 ]
 LEASE_RULES: list[dict[str, Any]] = [
@@ -54,7 +56,25 @@ LEASE_RULES: list[dict[str, Any]] = [
 ]
 
 
-def _objects() -> list[tuple[str, dict[str, Any]]]:
+def load_rules(path: str | None) -> list[dict[str, Any]]:
+    """Extra RBAC PolicyRules from a YAML list (``--rbac-extra-rules``, the chart's
+    ``rbac.extraRules``): what Stages on other kinds need when shards run on the account's token."""
+    if not path:
+        return []
+    import yaml
+
+    try:
+        with open(path) as f:
+            rules = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"--rbac-extra-rules {path}: {e}") from None
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and isinstance(r.get("verbs"), list)
+                                              for r in rules):
+        raise UserError(f"--rbac-extra-rules {path}: must be a YAML list of RBAC rules, each with verbs")
+    return rules
+
+
+def _objects(extra_rules: list[dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(collection path, object) of everything the exchange needs, in creation order."""
     meta = {"name": NAME, "labels": {MANAGED_BY: "shardlet"}}
     subject = [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
@@ -62,7 +82,8 @@ def _objects() -> list[tuple[str, dict[str, Any]]]:
     return [
         (f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts",
          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}),
-        (f"{_RBAC}/clusterroles", {"apiVersion": rbac, "kind": "ClusterRole", "metadata": meta, "rules": RULES}),
+        (f"{_RBAC}/clusterroles", {"apiVersion": rbac, "kind": "ClusterRole", "metadata": meta,
+                                   "rules": RULES + list(extra_rules or ())}),
         (f"{_RBAC}/clusterrolebindings",
          {"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": meta, "subjects": subject,
           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME}}),
@@ -93,11 +114,11 @@ def _managed(obj: dict[str, Any]) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == "shardlet"
 
 
-async def ensure_account(kube: Kube) -> list[str]:
+async def ensure_account(kube: Kube, extra_rules: list[dict[str, Any]] | None = None) -> list[str]:
     """Create (or bring up to date) the ServiceAccount and its roles; what was created. An object
     of the same name that shardlet does not manage is left untouched: UserError naming it."""
     created = []
-    for path, obj in _objects():
+    for path, obj in _objects(extra_rules):
         what = _describe(path, obj)
         cur = await _get(kube, f"{path}/{NAME}")
         if cur is None:
@@ -170,10 +191,12 @@ class TokenKeeper:
     """Obtains the token and renews it at 70-80% of its life; on 401 (revoked) at once. With
     ``create`` it sets the account up first; without, it uses one only if it exists."""
 
-    def __init__(self, kube: Kube, shard: str, *, create: bool = False) -> None:
+    def __init__(self, kube: Kube, shard: str, *, create: bool = False,
+                 extra_rules: list[dict[str, Any]] | None = None) -> None:
         self.kube = kube
         self.shard = shard
         self.create = create
+        self.extra_rules = extra_rules
         self.task: asyncio.Task[None] | None = None
         self.renew_at = 0.0
         self.tokens = 0
@@ -184,7 +207,7 @@ class TokenKeeper:
             return False
         try:
             if self.create:
-                created = await ensure_account(self.kube)
+                created = await ensure_account(self.kube, self.extra_rules)
                 if created:
                     log.info("rbac_created", shard=self.shard, objects=created)
             elif not await account_exists(self.kube):
@@ -239,3 +262,37 @@ class TokenKeeper:
                 pass
             self.task = None
         self.kube.use_token(None)
+
+
+def shard_token_source(kubeconfig: str, *, create: bool, extra_rules: list[dict[str, Any]] | None = None
+                       ) -> Callable[[], Awaitable[tuple[dict[str, Any], float]]]:
+    """What a coordinator pushes to its Ray shards instead of the user's credentials: the
+    apiserver's address and CA and a token of this account (TokenRequest, an hour), as
+    ``(message, seconds valid)``. The account is set up first with ``create``; without it, and
+    without the account, a UserError says what to do."""
+    from shardlet.api import server_trust
+
+    trust = server_trust(kubeconfig)
+    kube: Kube | None = None
+
+    async def fetch() -> tuple[dict[str, Any], float]:
+        nonlocal kube
+        try:
+            if kube is None:
+                k = Kube.from_kubeconfig(kubeconfig)
+                if create:
+                    made = await ensure_account(k, extra_rules)
+                    if made:
+                        log.info("rbac_created", objects=made)
+                elif not await account_exists(k):
+                    await k.close()
+                    raise UserError(f"shards on Ray get a token of the ServiceAccount {NAMESPACE}/{NAME}, never the "
+                                    "kubeconfig's own credentials: create it ('shardlet rbac apply' or run "
+                                    "--create-rbac), or place a kubeconfig on every Ray host and pass "
+                                    "--shard-kubeconfig PATH")
+                kube = k
+            token, valid = await request_token(kube)
+        except ApiError as e:
+            raise UserError(f"shard token for {NAMESPACE}/{NAME}: {e}") from None
+        return {"trust": trust, "token": token}, valid
+    return fetch

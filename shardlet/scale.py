@@ -140,6 +140,8 @@ class Progress:
         self.t0 = time.monotonic()
         self.tty = sys.stdout.isatty()
         self._last_line = 0.0
+        self._printed: tuple[int, ...] | None = None
+        self._done = False
         self._rich: Any = None
         self._tasks: dict[str, Any] = {}
 
@@ -171,8 +173,16 @@ class Progress:
         el = max(1e-6, time.monotonic() - self.t0)
         if self._rich is not None:
             self._rich.update(self._tasks[phase], completed=n, rate=f"{n / el:.0f}")
-        elif time.monotonic() - self._last_line >= 2.0 or all(c >= self.total for c in self.counts.values()):
+        else:
+            # off a terminal: a line every 2 s at most, and one as soon as every count is done,
+            # each only when a count changed (a log reader wants no repeats)
+            done = all(c >= self.total for c in self.counts.values())
+            due = time.monotonic() - self._last_line >= 2.0 or (done and not self._done)
+            if not due or tuple(self.counts.values()) == self._printed:
+                return
+            self._done = self._done or done
             self._last_line = time.monotonic()
+            self._printed = tuple(self.counts.values())
             parts = [f"{ph} {c}/{self.total} ({c / el:.0f}/s)" for ph, c in self.counts.items()]
             print(f"[{el:6.1f}s] " + "  ".join(parts), flush=True)
 

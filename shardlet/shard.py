@@ -36,6 +36,7 @@ from shardlet.controllers.pods import PodController, PodControllerConfig
 from shardlet.controllers.stages import StageController, StageControllerConfig
 from shardlet.controllers.stagesource import StageSource
 from shardlet.discovery import Discovery, NotServed
+from shardlet.kubeletserver import KubeletServer, KubeletServerConfig, LogSources
 from shardlet.metrics import ShardMetrics
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.precedence import LeasesFirst
@@ -45,6 +46,7 @@ from shardlet.stages.engine import StageEngine
 from shardlet.stages.funcs import base_funcs
 from shardlet.stages.model import Stage, profile_objects
 from shardlet.supervise import Supervisor
+from shardlet.watch import Reflector
 from shardlet.writer import Writer
 
 __all__ = ["FAKE_ANNOTATION", "Shard", "ShardConfig"]
@@ -72,6 +74,12 @@ class ShardConfig:
     node_ip: str = "127.0.0.1"
     node_name: str = ""
     node_port: int = 10250
+    # the kubelet server (shardlet.kubeletserver): "host:port" to listen on ("": kwok's default,
+    # 0.0.0.0 at node_port; no server when that is 0 too); port 0 picks a free one, advertised
+    server_address: str = ""
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    kubelet_client_ca: str | None = None
     stage_concurrency: int = 64
     lease_concurrency: int = 64
     pod_watch: str = "cluster"                        # "cluster" | "node"
@@ -85,6 +93,7 @@ class ShardConfig:
     token_exchange: bool = True                       # a client certificate is swapped for a
                                                       # service-account token (shardlet.satoken)
     create_rbac: bool = False                         # ... whose account this shard may create
+    rbac_extra_rules: tuple[dict[str, Any], ...] = () # ... with these rules besides (--rbac-extra-rules)
     server_shard_filter: bool = True                  # generic controllers send a shardSelector
     generic_head_start: float = 5.0                   # seconds start() lets generic lists go before nodes
 
@@ -100,7 +109,7 @@ class Shard:
         self.funcs: dict[str, Callable[..., Any]] = {
             **base_funcs(self.start_time),
             "NodeIP": lambda: config.node_ip, "NodeName": lambda: config.node_name,
-            "NodePort": lambda: config.node_port}
+            "NodePort": self._node_port}
         self.transitions = 0
         self.last_error = ""
         self.play_errors: dict[str, str] = {}      # stage -> its latest failure on some object
@@ -124,11 +133,15 @@ class Shard:
         # stage writes give way while renewals run behind (before that they go at full speed,
         # and renewals stretch a little)
         self.leases_first = LeasesFirst(self.leases.behind)
-        self.token = TokenKeeper(kube, config.name, create=config.create_rbac)
+        self.token = TokenKeeper(kube, config.name, create=config.create_rbac,
+                                 extra_rules=list(config.rbac_extra_rules))
         self.discovery = Discovery(kube)
         self.writer = Writer(kube, self.discovery, config.name)
         self.stages = StageSource(kube, shard=config.name, profiles=config.profiles, files=config.stage_files,
                                   watch=config.watch_stages, on_change=self._on_stages, supervisor=self.supervisor)
+        self.log_sources = LogSources()
+        self.kubelet: KubeletServer | None = None
+        self.kubelet_error = ""
         self.resource_metrics = ResourceMetrics(
             config.name, lambda n: self.pods.on_node(n), config.metric_files) if config.node_metrics else None
         self.nodes = NodeController(
@@ -303,11 +316,46 @@ class Shard:
         for c in list(self.controllers.values()):
             await c.set_ownership(own)
 
+    # -- the kubelet server ----------------------------------------------------------------
+    def _node_port(self) -> int:
+        """The port the node stages advertise: the kubelet server's, or the configured one."""
+        return self.kubelet.port if self.kubelet is not None and self.kubelet.port else self.cfg.node_port
+
+    def _kubelet_address(self) -> tuple[str, int] | None:
+        addr = self.cfg.server_address
+        if not addr:
+            return ("0.0.0.0", self.cfg.node_port) if self.cfg.node_port else None
+        host, _, port = addr.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    async def _start_kubelet(self) -> None:
+        where = self._kubelet_address()
+        if where is None:
+            return
+        server = KubeletServer(
+            KubeletServerConfig(where[0], where[1], self.cfg.tls_cert_file, self.cfg.tls_private_key_file,
+                                self.cfg.kubelet_client_ca),
+            self.log_sources, pod_known=self.pods.plays)
+        try:
+            await server.start()
+        except OSError as e:   # the port is taken (another kubelet, another instance): play on without
+            self.kubelet_error = f"{where[0]}:{where[1]}: {e.strerror or e}"
+            log.error("kubelet_server_failed", shard=self.cfg.name, address=f"{where[0]}:{where[1]}",
+                      error=self.kubelet_error)
+            return
+        self.kubelet = server
+        for plural, handler in (("logs", self.log_sources.on_logs), ("clusterlogs", self.log_sources.on_cluster_logs)):
+            r = Reflector(self.kube, f"/apis/kwok.x-k8s.io/v1alpha1/{plural}", handler, name=plural,
+                          supervisor=self.supervisor, poll_when_missing=30.0)
+            self.tasks.append(self.supervisor.spawn("watch", plural, r.run))
+
     # -- run -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._starting = "the service-account token"
         if self.cfg.token_exchange:
             await self.token.start()
+        self._starting = "the kubelet server"
+        await self._start_kubelet()
         if self.cfg.metrics_port >= 0:
             port = self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_addr)
             log.info("metrics_serving", shard=self.cfg.name, port=port)
@@ -365,6 +413,8 @@ class Shard:
             await c.stop()
         if release_leases:
             await self.leases.release_all()
+        if self.kubelet is not None:
+            await self.kubelet.stop()
         await self.token.stop()
         await self.kube.close()
         await self.lease_kube.close()
@@ -415,7 +465,7 @@ class Shard:
             "pod_watches": len(self.pods.node_watches) or (1 if self.pods.watch else 0),
             "orphan_pods": self.pods.orphan_pods,    # seen before their node, held until it comes
             # "token": short requests carry the service-account token (shardlet.satoken)
-            "auth": "token" if self.kube.token_in_use else ("cert" if self.kube.client_cert else "kubeconfig"),
+            "auth": self.kube.auth,
             "token_refused": self.kube.token_refused,
             "stage_errors": sorted([*self.stages.errors.values(), *self.kind_errors.values(),
                                     *self.play_errors.values(), *self.list_errors()]),
@@ -427,6 +477,9 @@ class Shard:
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
             **self.supervisor.status(),
+            "kubelet_server": ({"port": self.kubelet.port, "log_requests": self.kubelet.requests}
+                               if self.kubelet is not None else {"error": self.kubelet_error} if self.kubelet_error
+                               else None),
         }
 
 

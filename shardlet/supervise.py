@@ -6,6 +6,10 @@ connection, a refused write) itself; what it did not expect (a bug, an object no
 used to end the task silently, and whatever it served stopped with it. A :class:`Supervisor`
 restarts such a task with a growing backoff, logs the exception whole, and counts it, so that
 ``status`` and the metrics show a loop that keeps failing instead of one that is quietly gone.
+
+``fail`` is the fire drill (``POST /debug/fail-task`` on the status endpoint): it ends running
+tasks with :class:`InjectedFault` through the same path as a real failure, so an operator can
+see the restart, the log line and the alert it raises without waiting for a bug.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-__all__ = ["Supervisor"]
+__all__ = ["InjectedFault", "Supervisor"]
 
 log = structlog.get_logger("shardlet.supervise")
 
 
 def _noop(_kind: str) -> None:
     return None
+
+
+class InjectedFault(RuntimeError):
+    """What :meth:`Supervisor.fail` ends a task with."""
 
 
 class Supervisor:
@@ -45,6 +53,8 @@ class Supervisor:
         self.restarts: Counter[str] = Counter()     # kind -> restarts
         self.errors: dict[str, str] = {}            # name -> the latest failure (kept to the last 20)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._faults: dict[str, InjectedFault] = {}   # task name -> the fault its cancel stands for
+        self._running: set[str] = set()                # names of tasks inside run() (not backing off)
 
     def spawn(self, kind: str, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Run ``run()`` until it returns or the task is cancelled, restarting it when it raises."""
@@ -58,10 +68,18 @@ class Supervisor:
         while True:
             started = self.clock()
             try:
-                await run()
-                return
-            except asyncio.CancelledError:
-                raise
+                self._running.add(name)
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    fault, task = self._faults.pop(name, None), asyncio.current_task()
+                    if fault is None or task is None:
+                        raise
+                    task.uncancel()   # a drill, not a stop: fail like a task whose code raised
+                    raise fault from None
+                finally:
+                    self._running.discard(name)
             except Exception as e:
                 if self.clock() - started >= self.healthy_after:
                     backoff = self.first_backoff     # a failure after a good run starts afresh
@@ -74,6 +92,18 @@ class Supervisor:
                 self.on_restart(kind)
             await self.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+    def fail(self, prefix: str, why: str = "injected") -> list[str]:
+        """End every running task whose name starts with ``prefix`` with :class:`InjectedFault`
+        (they restart as after any failure); the names of those hit."""
+        hit = []
+        for t in self._tasks:
+            name = t.get_name()
+            if name.startswith(prefix) and name in self._running and name not in self._faults:
+                self._faults[name] = InjectedFault(f"{why} into {name}")
+                t.cancel()
+                hit.append(name)
+        return sorted(hit)
 
     async def stop(self) -> None:
         """Cancel every task still running and wait for them."""

@@ -43,7 +43,8 @@ class Reflector:
     def __init__(self, kube: Kube, path: str, handler: Handler, *, name: str,
                  label_selector: str | None = None, field_selector: str | None = None,
                  shard_selector: str | None = None, timeout_seconds: int = 300, on_event: Callable[[str], None] | None = None,
-                 on_relist: Callable[[], None] | None = None, supervisor: Supervisor | None = None) -> None:
+                 on_relist: Callable[[], None] | None = None, supervisor: Supervisor | None = None,
+                 poll_when_missing: float | None = None) -> None:
         self.kube = kube
         # a failure the loop does not expect restarts it (a fresh list) instead of ending it
         self.supervisor = supervisor or Supervisor()
@@ -60,6 +61,8 @@ class Reflector:
         self.timeout_seconds = timeout_seconds
         self.on_event = on_event
         self.on_relist = on_relist
+        # a kind that may not be installed (a kwok CRD): a 404 is looked at again this often, quietly
+        self.poll_when_missing = poll_when_missing
         self.rv = ""
         self.known: dict[str, str] = {}   # key -> resourceVersion, to skip no-change events
         self.synced = asyncio.Event()
@@ -147,9 +150,8 @@ class Reflector:
                     log.info("watch_expired", watch=self.name, rv=self.rv)
                     need_list = True
                     continue
-                if e.status == 404 and self.name == "stages":
-                    # the Stage CRD is not installed: poll for it slowly
-                    await asyncio.sleep(30)
+                if e.status == 404 and self.poll_when_missing is not None:
+                    await asyncio.sleep(self.poll_when_missing)
                     need_list = True
                     continue
                 log.warning("watch_error", watch=self.name, status=e.status, error=e.message[:200])

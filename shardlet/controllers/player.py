@@ -100,6 +100,9 @@ class StagePlayer:
         except StageError as e:
             self.on_error("", f"{self.res.kind} {key}: {e}")
             return
+        finally:
+            for name, msg in self.engine.take_refusals():
+                self.on_error(name, f"{self.res.kind} {key}: {msg}")
         if plan is None:
             self.queue.cancel(key)
             return

@@ -118,6 +118,10 @@ class PodController:
         self.node_watches: dict[str, Reflector] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    def plays(self, namespace: str, name: str) -> bool:
+        """Whether this controller plays the pod (the kubelet server answers only for those)."""
+        return f"{namespace}/{name}" in self.pods
+
     def __len__(self) -> int:
         return len(self.pods)
 

@@ -48,8 +48,8 @@ class StageSource:
         self.objects: dict[str, dict[str, Any]] = {}
         self.cluster: list[Stage] = []
         self.engine = StageEngine(self.static)
-        self.reflector = Reflector(kube, STAGES_PATH, self.on_stage, name="stages",
-                                   supervisor=supervisor) if watch else None
+        self.reflector = Reflector(kube, STAGES_PATH, self.on_stage, name="stages", supervisor=supervisor,
+                                   poll_when_missing=30.0) if watch else None
 
     def _load_static(self, profiles: Sequence[str], files: Sequence[str]) -> list[Stage]:
         stages: list[Stage] = []

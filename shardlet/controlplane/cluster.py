@@ -344,6 +344,9 @@ class Cluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.96.0.0/12",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            # kubectl logs: to the node's InternalIP (shardlet's kubelet server), both ends certified
+            f"--kubelet-client-certificate={k.kubelet_client_cert}", f"--kubelet-client-key={k.kubelet_client_key}",
+            f"--kubelet-certificate-authority={k.ca_cert}", "--kubelet-preferred-address-types=InternalIP,Hostname",
             # a loopback advertise address cannot be an Endpoints IP: skip that reconciler
             "--endpoint-reconciler-type=none",
             f"--cert-dir={self.dir / 'apiserver-certs'}",

@@ -50,6 +50,24 @@ class PKIPaths:
         return self.dir / "admin.key"
 
     @property
+    def kubelet_client_cert(self) -> Path:
+        """The apiserver's client certificate towards kubelets (shardlet's kubelet server)."""
+        return self.dir / "apiserver-kubelet-client.crt"
+
+    @property
+    def kubelet_client_key(self) -> Path:
+        return self.dir / "apiserver-kubelet-client.key"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        """The serving certificate of shardlet's kubelet server (127.0.0.1, localhost)."""
+        return self.dir / "kubelet.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet.key"
+
+    @property
     def sa_pub(self) -> Path:
         return self.dir / "sa.pub"
 
@@ -155,6 +173,20 @@ def generate(dir: Path, service_ip: str = "10.96.0.1") -> PKIPaths:
                 usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
     p.admin_cert.write_bytes(adm.public_bytes(serialization.Encoding.PEM))
     write_private(p.admin_key, _key_pem(adm_key))
+
+    # the kubelet API (logs): the apiserver presents this client certificate to shardlet's kubelet
+    # server, which presents this serving one; both checked against the CA
+    kc_key = ec.generate_private_key(ec.SECP256R1())
+    kc = _sign(_name("kube-apiserver-kubelet-client", "system:masters"), kc_key, ca_name, ca_key,
+               usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    p.kubelet_client_cert.write_bytes(kc.public_bytes(serialization.Encoding.PEM))
+    write_private(p.kubelet_client_key, _key_pem(kc_key))
+    ks_key = ec.generate_private_key(ec.SECP256R1())
+    ks = _sign(_name("shardlet-kubelet"), ks_key, ca_name, ca_key, usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+               sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                     x509.IPAddress(ipaddress.ip_address("::1"))])
+    p.kubelet_serving_cert.write_bytes(ks.public_bytes(serialization.Encoding.PEM))
+    write_private(p.kubelet_serving_key, _key_pem(ks_key))
 
     # Service-account tokens are signed RS256 by default: an RSA pair.
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)

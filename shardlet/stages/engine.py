@@ -41,7 +41,7 @@ from typing import Any, Final, Literal, cast
 import yaml
 
 from shardlet.stages import blockyaml
-from shardlet.stages.jq import JQError
+from shardlet.stages.jq import JQError, JQLimitError
 from shardlet.stages.model import (
     ApplySpec,
     DelaySpec,
@@ -618,6 +618,25 @@ class StageEngine:
             by_kind.setdefault(s.kind, []).append(s)
         self._by_kind: dict[str, tuple[Stage, ...]] = {k: tuple(v) for k, v in by_kind.items()}
         self._template_error: type[Exception] | None = None
+        # Stages whose jq went past a bound (jq.JQLimitError): taken out of play for good, since
+        # the same program would burn the same CPU on every event of every object
+        self.refused: dict[str, str] = {}
+        self._refusals: list[tuple[str, str]] = []
+
+    def _refuse(self, stage: Stage, field: str, e: Exception) -> None:
+        msg = f"{field}: {_one_line(str(e))}; the Stage is refused until it is changed"
+        self.refused[stage.name] = f'stage "{stage.name}": {msg}'
+        self._refusals.append((stage.name, msg))
+        rest = tuple(s for s in self._by_kind.get(stage.kind, ()) if s is not stage)
+        if rest:
+            self._by_kind[stage.kind] = rest
+        else:
+            self._by_kind.pop(stage.kind, None)
+
+    def take_refusals(self) -> list[tuple[str, str]]:
+        """(stage name, one-line error) of the Stages refused since the last call."""
+        out, self._refusals = self._refusals, []
+        return out
 
     # ---- indexes
     def kinds(self) -> set[str]:
@@ -647,8 +666,11 @@ class StageEngine:
         for s in stages:
             if api_group is not None and s.api_group != api_group:
                 continue
-            if s.selector is not None and s.selector.matches(obj):
-                out.append(s)
+            try:
+                if s.selector is not None and s.selector.matches(obj):
+                    out.append(s)
+            except JQLimitError as e:
+                self._refuse(s, "spec.selector.matchExpressions", e)
         return out
 
     def plan(self, kind: str, obj: Mapping[str, Any], now: dt.datetime | float,
@@ -663,7 +685,10 @@ class StageEngine:
             return None  # kwok: a failing CEL condition fails the match for this object
         if stage is None:
             return None
-        return Plan(stage, max(0, self.delay_ns(stage, obj, now)) / _NS)
+        delay = self.delay_ns(stage, obj, now)
+        if stage.name in self.refused:   # refused on the way (weight or delay): plan without it
+            return self.plan(kind, obj, now, api_group)
+        return Plan(stage, max(0, delay) / _NS)
 
     def possible(self, kind: str, obj: Mapping[str, Any], api_group: str | None = None) -> list[Stage]:
         """Every Stage that :meth:`plan` may choose (kwok's ``ListAllPossible``)."""
@@ -725,7 +750,11 @@ class StageEngine:
             except CelError as e:
                 raise MatchError(f"stage {stage.name!r} weightFrom: {e}") from None
         if src.jq is not None:
-            out = _jq_values(src, obj)
+            try:
+                out = _jq_values(src, obj)
+            except JQLimitError as e:
+                self._refuse(stage, "spec.weightFrom.expressionFrom", e)
+                return 0, False
             if out:
                 v = out[0]
                 if isinstance(v, str):
@@ -755,6 +784,9 @@ class StageEngine:
             jitter, ok = _duration(d.jitter_ms, jitter_src, obj, now_ns)
         except CelError:
             return 0  # kwok logs the error and plays the stage without delay
+        except JQLimitError as e:
+            self._refuse(stage, "spec.delay", e)
+            return 0
         if not ok:
             return duration
         if jitter <= duration:
@@ -895,6 +927,8 @@ def _jq_values(src: ExpressionFrom, obj: Any) -> list[Any]:
     assert src.jq is not None
     try:
         out = src.jq.run(obj)
+    except JQLimitError:
+        raise   # the Stage is refused (StageEngine._refuse), not merely without a value
     except JQError:
         return []
     return [v for v in out if v is not None]

@@ -34,11 +34,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-__all__ = ["JQError", "Query", "compile_jq", "jq_cmp", "jq_truthy", "jq_type", "to_json"]
+__all__ = ["JQError", "JQLimitError", "Query", "compile_jq", "jq_cmp", "jq_truthy", "jq_type", "to_json"]
 
 
 class JQError(ValueError):
     """A jq expression failed to parse, compile or evaluate."""
+
+
+class JQLimitError(JQError):
+    """A program went past a bound (values generated, string size, nesting, memory): not
+    catchable by ``try`` or ``//``, so the whole run fails; a Stage whose program does this
+    is refused (shardlet.stages.engine)."""
 
 
 class _RuntimeError(JQError):
@@ -65,7 +71,7 @@ _steps = [MAX_STEPS]   # what the current run may still generate (runs never int
 def _step() -> None:
     _steps[0] -= 1
     if _steps[0] < 0:
-        raise _RuntimeError(f"evaluation generated more than {MAX_STEPS} values")
+        raise JQLimitError(f"evaluation generated more than {MAX_STEPS} values")
 
 # --------------------------------------------------------------------------- values
 
@@ -760,7 +766,7 @@ def _finite(x: Any) -> bool:
 
 def _check_str_size(n: int) -> None:
     if n > _MAX_STRING:
-        raise _RuntimeError("string too long")
+        raise JQLimitError(f"string longer than {_MAX_STRING} characters")
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -1565,7 +1571,7 @@ class _Compiler:
                 x = stack.pop()
                 count += 1
                 if count > _MAX_RANGE:
-                    raise _RuntimeError("recursion produced too many values")
+                    raise JQLimitError("recursion produced too many values")
                 _step()
                 yield x
                 stack.extend(reversed(list(f(x, env))))
@@ -1872,9 +1878,9 @@ class Query:
         except JQError:
             raise
         except RecursionError:
-            raise JQError("evaluation nested too deeply") from None
+            raise JQLimitError("evaluation nested too deeply") from None
         except MemoryError:
-            raise JQError("evaluation ran out of memory") from None
+            raise JQLimitError("evaluation ran out of memory") from None
         except Exception as e:  # defensive: nothing but JQError may escape
             raise JQError(f"evaluation failed: {type(e).__name__}: {e}") from None
 

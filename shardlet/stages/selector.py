@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
-from shardlet.stages.jq import JQError, Query, compile_jq
+from shardlet.stages.jq import JQError, JQLimitError, Query, compile_jq
 
 __all__ = [
     "CelDefaultMap",
@@ -97,6 +97,8 @@ class Requirement:
         def results(obj: Any) -> list[Any]:
             try:
                 out = run(obj)
+            except JQLimitError:
+                raise   # the Stage is refused (StageEngine), not merely unmatched
             except JQError:
                 return []
             if None in out:

@@ -21,6 +21,48 @@ from shardlet.controlplane.cluster import Cluster, Options
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDLET = [sys.executable, "-m", "shardlet.cli"]
+# a sharded run's Ray shards talk with the token of kube-system/shardlet, never the kubeconfig's
+# credentials: the account is created with a role that lets Stages play any kind in a test cluster
+RAY_RBAC = ["--create-rbac", "--rbac-extra-rules", str(Path(__file__).parent / "any-kind-rules.yaml")]
+
+
+def key_markers(kubeconfig: Path) -> list[bytes]:
+    """A slice of the kubeconfig's client private key as it appears in its PEM and in a kubeconfig
+    that inlines the PEM (client-key-data, base64): what a leaked copy of the key contains."""
+    import base64
+
+    import yaml
+
+    user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+    if "client-key-data" in user:
+        pem = base64.b64decode(user["client-key-data"])
+    else:
+        pem = (kubeconfig.parent / user["client-key"]).read_bytes()
+    start = (len(pem) // 2 - 21) // 3 * 3   # a multiple of 3: its base64 is a substring of the PEM's
+    part = pem[start:start + 42]
+    assert len(part) == 42 and b"-----" not in part, pem[:40]
+    return [part, base64.b64encode(part)]
+
+
+def files_holding(roots: list[Path], markers: list[bytes], limit: int = 64 << 20) -> list[str]:
+    """Regular files under ``roots`` (links not followed) that contain any of ``markers``."""
+    import stat
+
+    out = []
+    for root in roots:
+        for d, _dirs, names in os.walk(root):
+            for n in names:
+                p = Path(d) / n
+                try:
+                    st = p.lstat()
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                        continue
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                if any(m in data for m in markers):
+                    out.append(str(p))
+    return out
 
 
 def poll(cond: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
@@ -133,7 +175,10 @@ def shardlet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     install_crds(cluster)
     log_path = tmp_path_factory.mktemp("shardlet") / "shardlet.log"
     # --create-rbac, as `cluster up` starts it: the hot path on the exchanged token
-    sp = ShardletProcess(cluster.kubeconfig, log_path, "--node-metrics", "--create-rbac")
+    from shardlet.runner import kubelet_server_args
+
+    sp = ShardletProcess(cluster.kubeconfig, log_path, "--node-metrics", "--create-rbac",
+                         *kubelet_server_args(cluster))
     try:
         sp.wait_for("shard_ready", 120)
         yield sp

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from shardlet.controlplane.cluster import Cluster, Options, alive
 
-from .conftest import SHARDLET, Kubectl, poll
+from .conftest import SHARDLET, Kubectl, files_holding, key_markers, node_ready, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +74,8 @@ def test_down_leaves_no_process_or_port(bin_dir: Path) -> None:
     assert not c.dir.exists()
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SHARDLET, *args], capture_output=True, text=True, env=env, timeout=120)
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SHARDLET, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_unknown_cluster_is_one_line_error() -> None:
@@ -106,3 +108,59 @@ def test_failed_build_names_the_step(tmp_path: Path) -> None:
     p = _cli("toolchain", env=env)
     assert p.returncode == 1
     assert "toolchain: error: step" in p.stderr and "v1.36.999" in p.stderr, p.stderr
+
+
+def _with_env(key: str, value: str) -> list[int]:
+    """Processes whose environment has key=value (a run's Ray daemons and workers inherit it)."""
+    want = f"{key}={value}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if want in (d / "environ").read_bytes().split(b"\0"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_cluster_up_with_two_shards_then_down_leaves_no_shard_and_no_key(tmp_path_factory: pytest.TempPathFactory,
+                                                                          bin_dir: Path) -> None:
+    """`cluster up --shards 2` plays a node on its Ray shards, which run on a pushed token; after
+    `cluster down` no process of the run is left, and no file in its temp directory (the Ray
+    session: logs, spilled objects) holds the admin key, which stays in the 0700 cluster dir."""
+    name = f"e2e-keys-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix="slk-", dir="/tmp"))   # short: Ray's socket paths
+    user_kubeconfig = tmp_path_factory.mktemp("home") / ".kube" / "config"     # not there before the up
+    env = dict(os.environ, TMPDIR=str(tmp), KUBECONFIG=str(user_kubeconfig))
+    c = Cluster(name)
+    try:
+        p = _cli("cluster", "up", "--name", name, "--shards", "2", env=env, timeout=400)
+        assert p.returncode == 0, p.stderr
+        assert stat.S_IMODE(c.dir.stat().st_mode) == 0o700
+        # kwokctl's habit: a context of its own in the user's kubeconfig, for a plain kubectl
+        k = Kubectl(c.kubeconfig)
+        got = subprocess.run([k.exe, "--context", f"shardlet-{name}", "get", "--raw", "/readyz"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert got.stdout == "ok", got.stderr
+        markers = key_markers(c.kubeconfig)
+        assert files_holding([c.pki.dir], markers) == [str(c.pki.admin_key)]    # the search finds the key
+        assert not files_holding([user_kubeconfig.parent], markers), "the admin key was copied to the kubeconfig"
+        k.apply('{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "keys-0", '
+                '"annotations": {"kwok.x-k8s.io/node": "fake"}}}')
+        poll(lambda: node_ready(k.json("get", "node", "keys-0")), 120, 1, "the node Ready")
+        # the runner, Ray's daemons and the two shard workers
+        poll(lambda: len(_with_env("TMPDIR", str(tmp))) > 3, 10, 0.5, "the run's processes")
+        assert not files_holding([tmp], markers)
+        p = _cli("cluster", "down", "--name", name, env=env)
+        assert p.returncode == 0, p.stderr
+        poll(lambda: not _with_env("TMPDIR", str(tmp)), 60, 0.5, "no process of the run left")
+        assert not files_holding([tmp], markers), "a file in the run's temp directory holds the admin key"
+        assert not c.dir.exists()
+        assert not user_kubeconfig.exists() and not list(user_kubeconfig.parent.iterdir()), \
+            "cluster down left the user's kubeconfig changed (it was not there before the up)"
+    finally:
+        if c.dir.exists():
+            _cli("cluster", "down", "--name", name, env=env)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,16 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options
 from shardlet.scale import POD_PARAMS, pod_spec, scale_nodes
 
-from .conftest import Kubectl, ReadyMonitor, ShardletProcess, lease_holders, poll, prom_series, wait_reheld
+from .conftest import (
+    RAY_RBAC,
+    Kubectl,
+    ReadyMonitor,
+    ShardletProcess,
+    lease_holders,
+    poll,
+    prom_series,
+    wait_reheld,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +62,8 @@ SHARDS = 4
 class Ray:
     def __init__(self, kubeconfig: Path, log: Path, name: str) -> None:
         self.name = name
-        self.proc = ShardletProcess(kubeconfig, log, "--shards", str(SHARDS), "--name", name, "--node-metrics")
+        self.proc = ShardletProcess(kubeconfig, log, "--shards", str(SHARDS), "--name", name, "--node-metrics",
+                                     *RAY_RBAC)
         self.proc.wait_for("coordinator_ready", 240)
 
     def url(self) -> str:

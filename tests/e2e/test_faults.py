@@ -60,7 +60,18 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, alive
 from shardlet.scale import NODE_PARAMS, POD_PARAMS, node_manifest, pod_spec
 
-from .conftest import SHARDLET, Kubectl, ShardletProcess, node_ready, poll, prom_series, prom_sum
+from .conftest import (
+    RAY_RBAC,
+    SHARDLET,
+    Kubectl,
+    ShardletProcess,
+    files_holding,
+    key_markers,
+    node_ready,
+    poll,
+    prom_series,
+    prom_sum,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -778,6 +789,31 @@ def _hold_squeezed(run: Run, until: float) -> None:
     poll(up, max(0.0, until - time.time()) + 30, 1, "squeeze held")
 
 
+def test_a_watch_killed_by_an_injected_exception_restarts_shows_in_status_and_logs_whole(
+        env: Env, main_run: Run, monitor: FaultMonitor) -> None:
+    """The fire drill (POST /debug/fail-task) ends the node and pod watches as a bug would: each
+    restarts (counted in status, its error named), the JSON log line carries the exception's
+    type and traceback, and the watches serve again (nothing NotReady: the test below)."""
+    st0 = main_run.status()
+    assert st0 is not None
+    restarts0 = st0["shards"][0]["task_restarts"].get("watch", 0)
+    failed = []
+    for name in ("nodes", "pods"):
+        req = urllib.request.Request(f"{main_run.url()}/debug/fail-task?name={name}", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            failed += orjson.loads(r.read())["failed"]
+    assert "nodes" in failed and "pods" in failed, failed
+    st = poll(lambda: (s := main_run.status()) and s["shards"][0]["task_restarts"].get("watch", 0) >= restarts0 + 2
+              and s, 30, 0.5, "the watches' restarts in status")
+    errors = st["shards"][0]["task_errors"]
+    assert errors["nodes"].startswith("InjectedFault: ") and errors["pods"].startswith("InjectedFault: "), errors
+    lines = [e for e in main_run.events() if e.get("event") == "task_failed" and e.get("task") in ("nodes", "pods")]
+    assert lines, main_run.tail()
+    exc = lines[-1]["exception"][0]
+    assert exc["exc_type"] == "InjectedFault" and "injected" in exc["exc_value"] and exc["frames"], lines[-1]
+    assert_serving(env, main_run, "drill")
+
+
 def test_no_node_not_ready_through_the_faults(env: Env, main_run: Run, monitor: FaultMonitor) -> None:
     """Hold until the last fault is a grace period and a CI hold behind us: NotReady shows late."""
     assert env.faults, "no fault ran before the hold"
@@ -878,17 +914,19 @@ class RayRun(Run):
 
     def __init__(self, env: Env, name: str, *args: str) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="slf-", dir="/tmp"))   # short: Ray's socket paths
-        super().__init__(env.c.kubeconfig, env.work / f"{name}.log", name, *args, env={"TMPDIR": str(self.tmp)})
+        self.kubeconfig = env.c.kubeconfig
+        super().__init__(env.c.kubeconfig, env.work / f"{name}.log", name, *args, *RAY_RBAC,
+                         env={"TMPDIR": str(self.tmp)})
 
     def ready(self, shards: int, timeout: float = 240) -> dict[str, Any]:
         st: dict[str, Any] = poll(lambda: (s := self.status()) and len(s["shards"]) == shards
                                   and all(x.get("started") for x in s["shards"]) and s, timeout, 1, f"{shards} shards up")
         return st
 
-    def kubeconfigs(self) -> dict[str, int]:
-        # each in a 0700 directory of its own
-        assert all(d.stat().st_mode & 0o777 == 0o700 for d in self.tmp.glob("shardlet-*-shard-*"))
-        return {str(p.relative_to(self.tmp)): p.stat().st_mode & 0o777 for p in self.tmp.glob("shardlet-*/kubeconfig")}
+    def key_files(self) -> list[str]:
+        """Files under the run's TMPDIR (Ray's session: logs, spilled objects, the shards' files)
+        that hold the kubeconfig's private key: none, since shards get a token instead."""
+        return files_holding([self.tmp], key_markers(self.kubeconfig))
 
     def close(self) -> None:
         super().close()
@@ -934,11 +972,12 @@ def test_kill_9_of_a_shard_worker_twice_in_a_row(env: Env, ray_run: RayRun) -> N
     try:
         poll(lambda: len(m.seen_ready) == size.ray_nodes and len(m.renew) == size.ray_nodes, 60, 1, "monitor primed")
         before = _pods(env.api, "faults-b")
-        # security: each shard's own kubeconfig (credentials inlined) is private
-        files = ray_run.kubeconfigs()
-        assert len(files) == 3 and all(mode == 0o600 for mode in files.values()), files
         st = ray_run.status()
         assert st is not None
+        # security: the shards talk with the token their coordinator pushed, and the admin key
+        # is in no file of the run's (Ray's session included)
+        assert {s["auth"] for s in st["shards"]} == {"pushed"}, [s["auth"] for s in st["shards"]]
+        assert not ray_run.key_files()
         victim = max(st["shards"], key=lambda s: s["pods"])
         killed = [victim["pid"]]
         t0 = time.time()
@@ -983,7 +1022,6 @@ def test_sigterm_ray_shards_release_leases_and_leave_nothing(env: Env, ray_run: 
     ours = {p for _, _, p in _listeners(live)} & metrics_ports
     assert len(ours) == 3, (metrics_ports, _listeners(live))
     _assert_loopback(live, ours)
-    files0 = ray_run.kubeconfigs()
     took, procs = _sigterm_ray(ray_run)
     print(f"--shards 3, --release-leases-on-exit: exit 0 {took:.2f}s after SIGTERM; {len(procs)} processes gone")
     holders = {ls["metadata"]["name"]: ls["spec"].get("holderIdentity")
@@ -991,10 +1029,8 @@ def test_sigterm_ray_shards_release_leases_and_leave_nothing(env: Env, ray_run: 
                if ls["metadata"]["name"].startswith("ray-")}
     assert len(holders) == env.size.ray_nodes and not any(holders.values()), \
         {k: v for k, v in holders.items() if v}
-    # the live shards removed their kubeconfigs; any left are the killed workers' (they cannot)
-    left = ray_run.kubeconfigs()
-    assert len(left) <= len(files0) - 3 and all(m == 0o600 for m in left.values()), (files0, left)
-    print(f"shard kubeconfigs: {len(files0)} written, {len(left)} left behind by the killed workers")
+    # killed workers included: no file left behind holds the admin key
+    assert not ray_run.key_files()
     env.k.run("delete", "namespace", "faults-b", "--wait=false")
     env.k.run("delete", "nodes", "-l", f"{GROUP}=b", "--wait=false")
 
@@ -1016,7 +1052,7 @@ def test_sigterm_two_ray_shards_leave_leases_to_expire(env: Env) -> None:
         print(f"--shards 2: exit 0 {took:.2f}s after SIGTERM; {len(procs)} processes gone")
         h = holders()
         assert set(h.values()) <= mine, f"leases released without the flag: {h}"
-        assert not run.kubeconfigs(), f"shard kubeconfigs left behind: {run.kubeconfigs()}"
+        assert not run.key_files()
     finally:
         run.close()
         env.k.run("delete", "nodes", "-l", f"{GROUP}=d", "--wait=false")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,16 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options
 from shardlet.scale import scale_nodes, scale_pods
 
-from .conftest import Kubectl, ReadyMonitor, ShardletProcess, lease_holders, poll, prom_series, prom_sum
+from .conftest import (
+    Kubectl,
+    ReadyMonitor,
+    ShardletProcess,
+    lease_holders,
+    node_ready,
+    poll,
+    prom_series,
+    prom_sum,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +142,74 @@ def test_two_instances_share_the_nodes_and_the_second_takes_over_the_first(own: 
         for sp in (a, b):
             if sp.proc.poll() is None:
                 sp.stop()
+
+
+SHARING = "e2e.shardlet.io/sharing"
+
+
+def test_kwok_and_shardlet_share_the_nodes_and_shardlet_takes_over_kwoks(own: Cluster, size: Size,
+                                                                         tmp_path: Path) -> None:
+    """kwok v0.8.0 itself and shardlet against one cluster, nodes created while both run: each
+    lease has one holder, kept (no ping-pong, no lease 409s once settled, nothing NotReady); kwok
+    killed, shardlet takes its nodes over once their leases expired, within the grace period."""
+    import shardlet
+    from shardlet.controlplane import toolchain
+
+    fast = Path(shardlet.__file__).parent / "stages" / "profiles" / "fast.yaml"   # kwok's fast stages
+
+    k = Kubectl(own.kubeconfig)
+    n = max(20, size.nodes // 5)
+    klog = open(tmp_path / "kwok.log", "wb")
+    kwok = subprocess.Popen([str(toolchain.binary("kwok")), f"--kubeconfig={own.kubeconfig}",
+                             "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={SHARING}=yes",
+                             "--node-lease-duration-seconds=40", f"--config={fast}",
+                             "--cidr=10.1.0.0/16", "--node-ip=127.0.0.1"], stdout=klog, stderr=subprocess.STDOUT)
+    # shardlet started with kwok's own flag names, as a kwok user would type them
+    s = ShardletProcess(own.kubeconfig, tmp_path / "s.log", "--name", "fence-s",
+                        f"--manage-nodes-with-annotation-selector={SHARING}=yes", "--manage-all-nodes=false",
+                        "--node-lease-duration-seconds=40")
+    mon: ReadyMonitor | None = None
+    names = [f"share-{i:03d}" for i in range(n)]
+    try:
+        hs = s.wait_for("leases_primed", 60)["holder"]
+        s.wait_for("shard_ready", 60)
+        for name in names:
+            k.apply(f'{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{name}", '
+                    f'"labels": {{"{SHARING}": "yes"}}, "annotations": {{"{SHARING}": "yes"}}}}}}')
+
+        def held() -> dict[str, str] | None:
+            h = {x: v for x, v in lease_holders(k).items() if x in names}
+            return h if len(h) == n and all(h.values()) else None
+        holders = poll(held, 60, 1, "a lease per node")
+        mon = ReadyMonitor(k, f"{SHARING}=yes")
+        poll(lambda: all(node_ready(x) for x in k.json("get", "nodes", "-l", f"{SHARING}=yes")["items"]), 60, 1,
+             "every node Ready")
+        holders = poll(held, 10, 1, "a lease per node")
+        kwoks = {v for v in holders.values() if v != hs}
+        assert len(kwoks) <= 1, f"more than two holders: {set(holders.values())}"
+        split = {h: sum(1 for v in holders.values() if v == h) for h in {hs, *kwoks}}
+        print(f"kwok and shardlet, {n} nodes: leases held {split}")
+        c0 = lease_conflicts(k)
+        mon.hold(size.hold / 2)
+        assert lease_conflicts(k) == c0, "lease PUT conflicts between kwok and shardlet"
+        assert held() == holders, "a lease changed hands while both ran"
+        assert kwok.poll() is None, (tmp_path / "kwok.log").read_text()[-2000:]
+
+        kwok.kill()
+        kwok.wait(10)
+        killed = time.monotonic()
+        took = poll(lambda: (h := held()) and set(h.values()) == {hs} and time.monotonic() - killed, 75, 1,
+                    "every lease held by shardlet")
+        print(f"kwok killed: its {n - split[hs]} nodes taken over by shardlet after {took:.1f}s")
+        assert split[hs] == n or took >= 40 - 10, "taken over before kwok's leases could have expired"
+        mon.hold(10)
+        assert not mon.not_ready
+    finally:
+        if mon is not None:
+            mon.stop()
+        if kwok.poll() is None:
+            kwok.kill()
+        klog.close()
+        if s.proc.poll() is None:
+            s.stop()
+        k.run("delete", "nodes", "-l", f"{SHARING}=yes", "--wait=false", check=False)

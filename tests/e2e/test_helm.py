@@ -96,9 +96,9 @@ class Release:
         (ctr,) = dep["spec"]["template"]["spec"]["containers"]
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == SA
         env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in ctr["env"]}
-        assert env["POD_NAME"] == "metadata.name"
-        # $(POD_NAME) expanded as the kubelet expands it from the Downward API
-        return [a.replace("$(POD_NAME)", POD_NAME) for a in ctr["args"]]
+        assert env["POD_NAME"] == "metadata.name" and env["POD_IP"] == "status.podIP"
+        # $(POD_NAME) and $(POD_IP) expanded as the kubelet expands them from the Downward API
+        return [a.replace("$(POD_NAME)", POD_NAME).replace("$(POD_IP)", "127.0.0.1") for a in ctr["args"]]
 
     def sa_kubeconfig(self) -> Path:
         """A kubeconfig holding nothing but a fresh TokenRequest token of the chart's ServiceAccount."""

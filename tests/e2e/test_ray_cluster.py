@@ -30,7 +30,18 @@ from shardlet.api import Kube
 from shardlet.controlplane.cluster import Cluster, Options, free_port
 from shardlet.scale import scale_nodes
 
-from .conftest import ROOT, Kubectl, ReadyMonitor, ShardletProcess, lease_holders, poll, wait_reheld
+from .conftest import (
+    RAY_RBAC,
+    ROOT,
+    Kubectl,
+    ReadyMonitor,
+    ShardletProcess,
+    files_holding,
+    key_markers,
+    lease_holders,
+    poll,
+    wait_reheld,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +100,7 @@ def _submit(info: dict[str, Any], c: Cluster) -> str:
         p = subprocess.run(
             [RAY, "job", "submit", "--address", info["dashboard"], "--working-dir", str(ROOT), "--no-wait", "--",
              sys.executable, "-m", "shardlet.cli", "--log-format", "json", "run", "--kubeconfig", str(c.kubeconfig),
-             "--shards", "2", "--name", c.name, "--ray-address", "auto", "--keep-shards"],
+             "--shards", "2", "--name", c.name, "--ray-address", "auto", "--keep-shards", *RAY_RBAC],
             capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
         if p.returncode != 0 and "No available agent" in p.stderr + p.stdout:
             return None   # the dashboard agent is still starting: Ray's documented answer
@@ -196,19 +207,20 @@ def stop_shards(info: dict[str, Any], name: str) -> str:
 def test_run_on_a_ray_cluster_stops_its_shards_on_sigterm(ray_cluster: dict[str, Any], rc_cluster: Cluster,
                                                            tmp_path: Path) -> None:
     """Without --keep-shards the shards are the coordinator's: SIGTERM stops them, on an external
-    Ray cluster too, and their kubeconfig files go with them."""
+    Ray cluster too; they ran on a pushed token, and no file in the temp directory (the Ray
+    cluster's session, its logs and spilled objects included) holds the admin key."""
     name = f"{rc_cluster.name}-t"
     tmp = Path(tempfile.gettempdir())
     sp = ShardletProcess(rc_cluster.kubeconfig, tmp_path / "run.log", "--name", name, "--shards", "2",
-                         "--ray-address", ray_cluster["gcs"])
+                         "--ray-address", ray_cluster["gcs"], *RAY_RBAC)
     try:
         sp.wait_for("coordinator_ready", 180)
         assert sorted(alive_shards(ray_cluster, name)) == [f"{name}-shard-0", f"{name}-shard-1"]
-        assert list(tmp.glob(f"shardlet-{name}-shard-*/kubeconfig"))
+        sp.wait_for("slice_assigned", 60)
         sp.proc.send_signal(signal.SIGTERM)
         assert sp.proc.wait(60) == 0, sp.tail()
         poll(lambda: not alive_shards(ray_cluster, name), 30, 1, "no shard actor alive after SIGTERM")
-        assert not list(tmp.glob(f"shardlet-{name}-shard-*")), "shard kubeconfigs left behind"
+        assert not files_holding([tmp / "ray"], key_markers(rc_cluster.kubeconfig))
     finally:
         if sp.proc.poll() is None:
             sp.stop()

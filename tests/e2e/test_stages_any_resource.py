@@ -172,6 +172,90 @@ def test_a_stage_rendering_no_object_or_forbidden_to_apply_is_reported_and_other
         kubectl.run("delete", "configmap", "cm-bad", "cm-good", "cm-forbidden", check=False)
 
 
+RUNAWAY = """
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: configmap-runaway-jq}
+spec:
+  resourceRef: {apiGroup: v1, kind: ConfigMap}
+  selector:
+    matchLabels: {e2e.shardlet.io/runaway: "yes"}
+    matchExpressions:
+    - {key: '[range(100000) | range(100000)] | length', operator: Exists}
+  next:
+    patches:
+    - {type: merge, template: 'metadata: {annotations: {jq: played}}'}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: configmap-runaway-template}
+spec:
+  resourceRef: {apiGroup: v1, kind: ConfigMap}
+  selector:
+    matchLabels: {e2e.shardlet.io/runaway: "yes"}
+    matchExpressions:
+    - {key: '.metadata.annotations.until', operator: DoesNotExist}
+  next:
+    patches:
+    - {type: merge, template: 'metadata: {annotations: {until: "{{ until 100000000 }}"}}'}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: configmap-alongside}
+spec:
+  resourceRef: {apiGroup: v1, kind: ConfigMap}
+  selector:
+    matchLabels: {e2e.shardlet.io/alongside: "yes"}
+    matchExpressions:
+    - {key: '.metadata.annotations.played', operator: DoesNotExist}
+  next:
+    patches:
+    - {type: merge, template: 'metadata: {annotations: {played: "yes"}}'}
+"""
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_runaway_jq_selector_or_template_is_refused_and_the_other_stages_play(
+        shardlet: ShardletProcess, kubectl: Kubectl) -> None:
+    """A selector whose jq would generate 10^10 values is refused once, by name and field, and never
+    evaluated again; a template asking sprig's until for 10^8 items fails each object in one line;
+    a Stage beside them plays every object, and the shard's memory stays flat."""
+    rss0 = _rss_mib(shardlet.proc.pid)
+    kubectl.apply(RUNAWAY)
+    names = [f"cm-runaway-{i}" for i in range(20)]
+    try:
+        for i, n in enumerate(names):   # half for the runaway Stages, half for the one beside them
+            label = "e2e.shardlet.io/runaway" if i % 2 else "e2e.shardlet.io/alongside"
+            kubectl.apply(json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": n, "namespace": "default", "labels": {label: "yes"}}}))
+        ev = shardlet.wait_for("stage_failed", 60, stage="configmap-runaway-jq")
+        assert "spec.selector.matchExpressions: evaluation generated more than" in ev["error"], ev
+        assert "refused" in ev["error"] and "\n" not in ev["error"], ev
+        ev = shardlet.wait_for("stage_failed", 60, stage="configmap-runaway-template")
+        assert "until 100000000: more than 100000 items" in ev["error"] and "\n" not in ev["error"], ev
+
+        def played() -> bool:
+            cms = kubectl.json("get", "configmap", "-n", "default", "-l", "e2e.shardlet.io/alongside=yes")["items"]
+            return len(cms) == len(names) // 2 and all(
+                (c["metadata"].get("annotations") or {}).get("played") == "yes" for c in cms)
+        poll(played, 60, 0.5, "the Stage alongside played every ConfigMap")
+        refused = [e for e in shardlet.events() if e.get("event") == "stage_failed"
+                   and e.get("stage") == "configmap-runaway-jq"]
+        assert len(refused) == 1, f"refused once, never evaluated again: {len(refused)} lines"
+        assert shardlet.proc.poll() is None
+        assert _rss_mib(shardlet.proc.pid) - rss0 < 64, (rss0, _rss_mib(shardlet.proc.pid))
+    finally:
+        kubectl.run("delete", "stage", "configmap-runaway-jq", "configmap-runaway-template", "configmap-alongside",
+                    check=False)
+        kubectl.run("delete", "configmap", "-n", "default", *names, check=False)
+
+
 # -- kwok's volume set: PVCs of kwok-volume provisioned and bound, whatever the order -----------
 def _volume_docs(kwok_e2e: Path) -> list[dict[str, Any]]:
     d = kwok_e2e.parents[1] / "kustomize" / "stage" / "volume" / "fast"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -149,3 +151,123 @@ def test_every_flag_has_help() -> None:
             elif a.option_strings and a.dest != "help":
                 assert a.help, f"{p.prog} {a.option_strings} has no help"
     walk(parser)
+
+
+def test_kwok_flag_names_work_in_run() -> None:
+    from shardlet.runner import shard_config
+
+    cli._load_extensions()
+    parser = cli.build_parser()
+    c = shard_config(parser.parse_args([
+        "run", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=other",
+        "--manage-nodes-with-label-selector=pool=fake", "--node-lease-duration-seconds=20",
+        "--manage-all-nodes=false", "--node-name=kwok-host", "--node-ip=10.0.0.9", "--node-port=10247",
+        "--server-address=127.0.0.1:0", "--cidr=10.1.0.0/16"]))
+    assert (c.node_annotation_selector, c.node_label_selector, c.lease_duration) == \
+        ("kwok.x-k8s.io/node=other", "pool=fake", 20)
+    assert (c.manage_all_nodes, c.node_name, c.node_ip, c.node_port, c.server_address, c.cidr) == \
+        (False, "kwok-host", "10.0.0.9", 10247, "127.0.0.1:0", "10.1.0.0/16")
+    assert shard_config(parser.parse_args(["run", "--manage-all-nodes"])).manage_all_nodes
+    assert shard_config(parser.parse_args(["run", "--manage-all-nodes=true"])).manage_all_nodes
+    p = run("run", "--manage-all-nodes=maybe")
+    assert p.returncode == 2 and "'maybe' is not a boolean" in p.stderr
+
+
+def test_config_file_takes_kwok_flag_names_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"node-lease-duration-seconds": 30, "manage_nodes_with_label_selector": "a=b"}))
+    cli._load_extensions()
+    parser = cli.build_parser()
+    argv = ["--config", str(cfg), "run"]
+    cli._apply_config(parser, argv)
+    args = parser.parse_args(argv)
+    assert args.lease_duration == 30 and args.node_label_selector == "a=b"
+    cfg.write_text(yaml.safe_dump({"lease-duration": 30, "leese-duration": 5}))
+    p = run("--config", str(cfg), "status")
+    assert p.returncode == 1 and "leese-duration: no such flag" in one_line(p)
+
+
+def test_kubelet_server_flags_are_checked() -> None:
+    from shardlet.errors import UserError
+    from shardlet.runner import shard_config
+
+    cli._load_extensions()
+    parser = cli.build_parser()
+    for flags, why in ((["--server-address", "nowhere"], "must be HOST:PORT"),
+                       (["--tls-cert-file", "/x.crt"], "give both or neither")):
+        with pytest.raises(UserError, match=why):
+            shard_config(parser.parse_args(["run", *flags]))
+
+
+KWOK_CONFIG = """\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  cidr: 10.2.0.0/16
+  nodeIP: 10.2.0.1
+  manageAllNodes: false
+  manageNodesWithAnnotationSelector: kwok.x-k8s.io/node=fake
+  nodeLeaseDurationSeconds: 30
+  nodeLeaseParallelism: 8
+  enableCRDs: [Metric]
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: node-only}
+spec:
+  resourceRef: {apiVersion: v1, kind: Node}
+  selector: {matchExpressions: [{key: .status.phase, operator: DoesNotExist}]}
+  next: {statusTemplate: "phase: Running"}
+"""
+
+
+def _run_config(tmp_path: Path, text: str, *flags: str) -> object:
+    from shardlet.runner import shard_config
+
+    cfg = tmp_path / "kwok.yaml"
+    cfg.write_text(text)
+    cli._load_extensions()
+    parser = cli.build_parser()
+    argv = ["--config", str(cfg), "run", *flags]
+    cli._apply_config(parser, argv)
+    return shard_config(parser.parse_args(argv))
+
+
+def test_a_kwok_configuration_sets_what_it_names_and_its_stages_play_alone(tmp_path: Path) -> None:
+    c: Any = _run_config(tmp_path, KWOK_CONFIG)
+    assert (c.cidr, c.node_ip, c.lease_duration, c.node_annotation_selector, c.node_metrics) == \
+        ("10.2.0.0/16", "10.2.0.1", 30, "kwok.x-k8s.io/node=fake", True)
+    # kwok plays exactly its config's Stages: no default set, no Stage objects
+    assert c.stage_files == (str(tmp_path / "kwok.yaml"),) and c.profiles == () and not c.watch_stages
+    # the command line wins, as in kwok
+    assert _run_config(tmp_path, KWOK_CONFIG, "--node-lease-duration-seconds=50").lease_duration == 50  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (("nodeLeaseParallelism: 8", "manageSingleNode: node-0"), "KwokConfiguration.options.manageSingleNode: not supported"),
+    (("nodeLeaseParallelism: 8", "enableCNI: true"), "KwokConfiguration.options.enableCNI: not an option"),
+    (("[Metric]", "[Metric, Lease]"), "KwokConfiguration.options.enableCRDs: Lease: not served by shardlet yet"),
+    (("[Metric]", "[Stage]"), "Stage documents and enableCRDs: [Stage]"),
+    (("kind: Stage", "kind: ClusterLogs"), "kwok.x-k8s.io/v1alpha1/ClusterLogs: not read from --config"),
+])
+def test_what_shardlet_cannot_honour_is_refused_by_document_and_field(tmp_path: Path, change: tuple[str, str],
+                                                                     why: str) -> None:
+    from shardlet.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(why)) as e:
+        _run_config(tmp_path, KWOK_CONFIG.replace(*change))
+    assert "kwok.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_kwoks_own_configuration_file_loads_unmodified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.kwok_source import kwok_stage_dir
+
+    stages = kwok_stage_dir()
+    assert stages is not None, "kwok v0.8.0 is not in the Go module cache: the toolchain build puts it there"
+    text = (stages.parents[1] / "kustomize" / "kwok" / "kwok.yaml").read_text()
+    c: Any = _run_config(tmp_path, text)
+    assert (c.node_port, c.lease_duration, c.node_annotation_selector, c.manage_all_nodes) == \
+        (10247, 40, "kwok.x-k8s.io/node=fake", False)
+    assert c.node_metrics and not c.profiles and c.watch_stages     # enableCRDs: Stage, Metric, ...
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 6 and all("answers its requests with 501" in w for w in warned), warned

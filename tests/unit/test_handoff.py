@@ -1,7 +1,8 @@
 """The coordinator's live hand-off (coordinator.driver.Coordinator), with stand-in actors and an
 injected clock: no node is acquired before its old owner acked the release or was killed, a
 shard that stops answering is dropped only after ``dead_after``, and a restarted one is given
-its slice again. Real Ray: tests/e2e/test_coordinator.py and test_faults.py."""
+its slice again; the shards' token is pushed before every assignment and again when renewed.
+Real Ray: tests/e2e/test_coordinator.py and test_faults.py."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ class Actor:
         self.assign = Method(self._assign)
         self.status = Method(self._status)
         self.stop = Method(self._stop)
+        self.credentials = Method(self._credentials)
+        self.token: str | None = None
+
+    async def _credentials(self, msg: bytes) -> bool:
+        if not self.alive:
+            raise ConnectionError("actor died")
+        self.token = unpack(msg)["token"]
+        self.log.calls.append((self.sid, f"token {self.token}", -2))
+        return True
 
     async def _assign(self, msg: bytes) -> bytes:
         s = Slice.from_bytes(msg)
@@ -65,7 +75,7 @@ class Clock:
         return self.t
 
 
-def coordinator(n: int, clock: Clock | None = None) -> tuple[Coordinator, Log, dict[str, Actor]]:
+def coordinator(n: int, clock: Clock | None = None, credentials: Any = None) -> tuple[Coordinator, Log, dict[str, Actor]]:
     log = Log()
     actors: dict[str, Actor] = {}
 
@@ -77,8 +87,8 @@ def coordinator(n: int, clock: Clock | None = None) -> tuple[Coordinator, Log, d
         log.calls.append((actor.sid, "kill", -1))
         actor.alive = False
 
-    c = Coordinator(name="t", shards=n, config=pack({"buckets": 64}), kubeconfig_text=None, actor=object,
-                    detached=False, dead_after=8.0, spawn=spawn, kill=kill, clock=clock or Clock())
+    c = Coordinator(name="t", shards=n, config=pack({"buckets": 64}), kubeconfig=None, actor=object,
+                    detached=False, credentials=credentials, dead_after=8.0, spawn=spawn, kill=kill, clock=clock or Clock())
     asyncio.run(c.start())
     return c, log, actors
 
@@ -139,3 +149,61 @@ def test_a_restarted_shard_gets_its_slice_again_and_is_not_dropped() -> None:
     assert log.calls == [("shard-1", "acquire", 1)]
     assert "shard-1" not in c.failing_since and c.recoveries[-1]["served_again_after_s"] == 3.0
     assert unpack(asyncio.run(a._status()))["started"]
+
+
+class Tokens:
+    """A stand-in token source: token-1, token-2, ... each valid for ``valid`` seconds."""
+
+    def __init__(self, valid: float = 3600.0) -> None:
+        self.n = 0
+        self.valid = valid
+        self.fail = False
+
+    async def __call__(self) -> tuple[dict[str, Any], float]:
+        if self.fail:
+            raise ConnectionError("apiserver down")
+        self.n += 1
+        return {"trust": {"server": "https://x"}, "token": f"token-{self.n}"}, self.valid
+
+
+def test_each_shard_gets_the_token_before_its_first_assignment() -> None:
+    _c, log, actors = coordinator(2, credentials=Tokens())
+    for sid in ("shard-0", "shard-1"):
+        mine = [ph for s, ph, _ in log.calls if s == sid]
+        assert mine == ["token token-1", "acquire"], mine
+    assert all(a.token == "token-1" for a in actors.values())
+
+
+def test_the_token_is_renewed_at_70_to_80_percent_of_its_life_and_pushed_to_every_shard() -> None:
+    clock = Clock()
+    tokens = Tokens(valid=1000.0)
+    c, log, actors = coordinator(2, clock, credentials=tokens)
+    log.calls.clear()
+    clock.t += 690.0
+    asyncio.run(c.keep_credentials())
+    assert tokens.n == 1 and not log.calls                   # not due before 70%
+    clock.t += 120.0
+    asyncio.run(c.keep_credentials())
+    assert tokens.n == 2 and all(a.token == "token-2" for a in actors.values())
+    # a failed renewal is retried with backoff; the shards keep the token they have
+    tokens.fail = True
+    clock.t += 900.0
+    asyncio.run(c.keep_credentials())
+    assert c._creds_failures == 1 and all(a.token == "token-2" for a in actors.values())
+    tokens.fail = False
+    clock.t += 2.5
+    asyncio.run(c.keep_credentials())
+    assert tokens.n == 3 and all(a.token == "token-3" for a in actors.values())
+
+
+def test_a_restarted_shard_gets_the_current_token_before_its_slice() -> None:
+    clock = Clock()
+    tokens = Tokens(valid=1000.0)
+    c, log, actors = coordinator(2, clock, credentials=tokens)
+    clock.t += 800.0
+    asyncio.run(c.keep_credentials())
+    a = actors["shard-1"]
+    a.alive, a.started, a.epoch, a.token = True, False, 0, None     # Ray brought it back, fresh
+    log.calls.clear()
+    asyncio.run(c._check_all())
+    assert [(s, ph) for s, ph, _ in log.calls] == [("shard-1", "token token-2"), ("shard-1", "acquire")]

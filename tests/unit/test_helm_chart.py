@@ -134,6 +134,9 @@ def test_defaults_render_the_least_privilege_objects(helm_env: dict[str, str]) -
     assert "--id=$(POD_NAME)" in args
     env = {e["name"]: e for e in ctr["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # nodes advertise the pod's address, where the apiserver reaches the kubelet server
+    assert "--node-ip=$(POD_IP)" in args
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     svc = one(docs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -154,6 +157,9 @@ def test_rbac_rules_are_exactly_what_shardlet_calls(helm_env: dict[str, str]) ->
         ("", "pods/status", ("patch",)),
         ("", "events", ("create",)),
         ("kwok.x-k8s.io", "stages", ("get", "list", "watch")),
+        # the kubelet server shows the log files that Logs and ClusterLogs objects name
+        ("kwok.x-k8s.io", "logs", ("get", "list", "watch")),
+        ("kwok.x-k8s.io", "clusterlogs", ("get", "list", "watch")),
     ]
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == "kube-node-lease"
@@ -283,8 +289,8 @@ def test_apf_renders_a_flowschema_for_the_service_account(helm_env: dict[str, st
 def test_crd_ships_in_crds_dir(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, extra=("--include-crds",))
     names = sorted(d["metadata"]["name"] for d in docs if d and d.get("kind") == "CustomResourceDefinition")
-    assert names == ["clusterresourceusages.kwok.x-k8s.io", "metrics.kwok.x-k8s.io",
-                     "resourceusages.kwok.x-k8s.io", "stages.kwok.x-k8s.io"]
+    assert names == ["clusterlogs.kwok.x-k8s.io", "clusterresourceusages.kwok.x-k8s.io", "logs.kwok.x-k8s.io",
+                     "metrics.kwok.x-k8s.io", "resourceusages.kwok.x-k8s.io", "stages.kwok.x-k8s.io"]
 
 
 @needs_helm
@@ -303,7 +309,7 @@ def test_bad_values_are_refused(helm_env: dict[str, str], values: list[str], mes
 # -- copies and the image ------------------------------------------------------------------------
 def test_chart_crds_are_the_shardlet_crds() -> None:
     sources = sorted(CRD_SOURCE.parent.glob("*.yaml"))
-    assert len(sources) == 4
+    assert len(sources) == 6
     assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == [p.name for p in sources]
     for src in sources:
         assert (CHART / "crds" / src.name).read_bytes() == src.read_bytes(), \

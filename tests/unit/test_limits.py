@@ -77,3 +77,47 @@ def test_runaway_jq_fails_fast(src: str) -> None:
     assert time.process_time() - t0 < 30
     # the budget is per run: the next run starts afresh
     assert jq.compile_jq("[range(1000)] | length").run({}) == [1000]
+
+
+def test_runaway_jq_is_not_caught_by_try_or_alternative() -> None:
+    for src in ("try ([range(10000) | range(10000)] | length) catch 0", "([0 | recurse(. + 1)] | length) // 0"):
+        with pytest.raises(jq.JQLimitError):
+            jq.compile_jq(src).run({})
+
+
+def _selected(name: str, key: str) -> Any:
+    return parse_stage({"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name},
+                        "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"},
+                                 "selector": {"matchExpressions": [{"key": key, "operator": "Exists"}]},
+                                 "next": {"patches": [{"type": "merge", "template": "metadata: {labels: {n: x}}"}]}}})
+
+
+def test_a_runaway_jq_selector_refuses_its_stage_once_and_the_others_play() -> None:
+    bad = _selected("runaway", "[range(10000) | range(10000)] | length")
+    good = _selected("fine", ".metadata.name")
+    engine = StageEngine([bad, good])
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "d"}}
+    plan = engine.plan("ConfigMap", cm, 0.0)
+    assert plan is not None and plan.stage.name == "fine"
+    [(name, msg)] = engine.take_refusals()
+    assert name == "runaway" and msg.startswith("spec.selector.matchExpressions: evaluation generated more than")
+    assert "\n" not in msg and "runaway" in engine.refused["runaway"]
+    # refused for good: later objects are not evaluated against it again (no CPU burnt per event)
+    t0 = time.process_time()
+    for i in range(20):
+        p = engine.plan("ConfigMap", {**cm, "metadata": {"name": f"c{i}", "namespace": "d"}}, 0.0)
+        assert p is not None and p.stage.name == "fine"
+    assert time.process_time() - t0 < 0.5 and not engine.take_refusals()
+
+
+def test_a_runaway_weight_refuses_its_stage_and_the_plan_goes_on_without_it() -> None:
+    raw = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "heavy"},
+           "spec": {"resourceRef": {"apiGroup": "v1", "kind": "ConfigMap"},
+                    "selector": {"matchExpressions": [{"key": ".metadata.name", "operator": "Exists"}]},
+                    "weightFrom": {"expressionFrom": "[0 | recurse(. + 1)] | length"},
+                    "next": {"patches": [{"type": "merge", "template": "metadata: {labels: {n: x}}"}]}}}
+    engine = StageEngine([parse_stage(raw), _selected("fine", ".metadata.name")])
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "d"}}
+    plan = engine.plan("ConfigMap", cm, 0.0)
+    assert plan is not None and plan.stage.name == "fine"
+    assert [n for n, _ in engine.take_refusals()] == ["heavy"]

@@ -70,6 +70,50 @@ async def test_stop_cancels_without_counting_a_restart() -> None:
     assert t.cancelled() and sup.status()["task_restarts"] == {}
 
 
+async def test_a_drill_fails_a_running_task_like_a_bug_and_it_restarts() -> None:
+    vt, kinds = VirtualTime(), []
+    sup = Supervisor(kinds.append, first_backoff=0.5, sleep=vt.sleep, clock=vt.clock)
+    runs, started = 0, asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal runs
+        runs += 1
+        started.set()
+        if runs == 1:
+            await asyncio.Event().wait()    # a watch that would run for ever
+    with capture_logs() as logs:
+        t = sup.spawn("watch", "watch:nodes", watch)
+        await started.wait()
+        assert sup.fail("watch:no", "drill") == ["watch:nodes"] and sup.fail("player") == []
+        await t
+    assert runs == 2 and not t.cancelled() and kinds == ["watch"] and vt.slept == [0.5]
+    assert sup.status()["task_errors"] == {"watch:nodes": "InjectedFault: drill into watch:nodes"}
+    assert [e["event"] for e in logs] == ["task_failed"]
+
+
+async def test_a_drill_never_ends_a_task_that_is_backing_off() -> None:
+    gate = asyncio.Event()
+
+    async def sleep(_s: float) -> None:
+        await gate.wait()
+    sup = Supervisor(sleep=sleep)
+    runs = 0
+
+    async def broken() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise KeyError("bug")
+    t = sup.spawn("watch", "watch:pods", broken)
+    while runs < 1:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sup.fail("watch") == []     # in its backoff sleep: a cancel there would end it for good
+    gate.set()
+    await t
+    assert runs == 2 and not t.cancelled()
+
+
 class _OnceBrokenKube:
     """The first list raises what no one expects (a bug's TypeError); later ones list one object."""
 

@@ -86,6 +86,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- /* the lease holder: the pod's name, so a restarted container takes its own leases back at
    once, and another replica's only once they expired */}}
 - "--id=$(POD_NAME)"
+{{- /* nodes advertise the pod's address: the apiserver reaches the kubelet server there (kwok's way) */}}
+- "--node-ip=$(POD_IP)"
 {{- if .Values.nodeMetrics.enabled }}
 - --node-metrics
 {{- end }}
