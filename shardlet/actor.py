@@ -48,7 +48,7 @@ class ShardActor:
         cfg["rbac_extra_rules"] = tuple(cfg.get("rbac_extra_rules", ()))
         if cfg.get("server_address") or cfg.get("node_port"):
             # shards share hosts: each kubelet server on a free port, which its nodes advertise
-            host = str(cfg.get("server_address") or "0.0.0.0:").rpartition(":")[0] or "0.0.0.0"
+            host = str(cfg.get("server_address") or f"{cfg.get('node_ip') or '127.0.0.1'}:").rpartition(":")[0]
             cfg["server_address"] = f"{host}:0"
         self.cfg = ShardConfig(**cfg)
         self.kubeconfig = kubeconfig    # a path on this host (None: in-cluster), unless pushed credentials come

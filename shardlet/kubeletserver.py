@@ -40,7 +40,7 @@ _MAX_READ = 64 << 20     # bytes of a log file read at once (the tail of a bigge
 
 @dataclass(frozen=True, slots=True)
 class KubeletServerConfig:
-    address: str = "0.0.0.0"            # kwok's default: every interface, at the node port
+    address: str = "127.0.0.1"          # the nodes' InternalIP (--node-ip), where the apiserver comes
     port: int = 10250                   # 0: a free port (advertised by the nodes)
     cert_file: str | None = None        # serving certificate and key (None: self-signed)
     key_file: str | None = None

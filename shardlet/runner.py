@@ -74,7 +74,7 @@ def add_shard_flags(p: argparse.ArgumentParser) -> None:
                         "reaches the kubelet server at the InternalIP)")
     g.add_argument("--node-port", type=int, default=10250,
                    help="the port nodes advertise (NodePort) and, without --server-address, where the kubelet "
-                        "server listens on every interface; 0: no kubelet server (default: %(default)s)")
+                        "server listens at --node-ip; 0: no kubelet server (default: %(default)s)")
     g.add_argument("--server-address", default="", metavar="HOST:PORT",
                    help="where the kubelet server (logs, healthz) listens, as kwok's flag; port 0 picks a free "
                         "one, which the nodes then advertise")

@@ -74,8 +74,8 @@ class ShardConfig:
     node_ip: str = "127.0.0.1"
     node_name: str = ""
     node_port: int = 10250
-    # the kubelet server (shardlet.kubeletserver): "host:port" to listen on ("": kwok's default,
-    # 0.0.0.0 at node_port; no server when that is 0 too); port 0 picks a free one, advertised
+    # the kubelet server (shardlet.kubeletserver): "host:port" to listen on ("": node_ip at
+    # node_port; no server when that is 0 too); port 0 picks a free one, advertised
     server_address: str = ""
     tls_cert_file: str | None = None
     tls_private_key_file: str | None = None
@@ -323,8 +323,8 @@ class Shard:
 
     def _kubelet_address(self) -> tuple[str, int] | None:
         addr = self.cfg.server_address
-        if not addr:
-            return ("0.0.0.0", self.cfg.node_port) if self.cfg.node_port else None
+        if not addr:   # where the nodes say it is (kwok binds every interface; loopback stays loopback)
+            return (self.cfg.node_ip, self.cfg.node_port) if self.cfg.node_port else None
         host, _, port = addr.rpartition(":")
         return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -373,7 +373,10 @@ def test_sharded_mode_on_ray_with_the_chart_rbac(release: Release, hk: Kubectl, 
         assert can_i(hk, "patch", "nodes") == "yes", "sharded mode labels nodes with their bucket"
         assert hk.run("get", "service", SA, "-n", NS, check=False).returncode != 0, \
             "no fixed-port metrics listener with Ray shards: no Service"
-        argv = [*release.deployment_args(), "--kubeconfig", str(release.sa_kubeconfig()),
+        # in the pod every shard reads the pod's own service-account token; here that is the chart
+        # account's token in a kubeconfig, which each shard reads on its host (--shard-kubeconfig)
+        sa = str(release.sa_kubeconfig())
+        argv = [*release.deployment_args(), "--kubeconfig", sa, "--shard-kubeconfig", sa,
                 "--name", f"helm-ray-{os.getpid()}"]
         assert "--shards=2" in argv
         since = release.audit_offset()
