@@ -260,7 +260,8 @@ class KubeletServer:
                 await resp.write(chunk)
                 if left is not None:
                     left -= len(chunk)
-            while follow and (left is None or left > 0) and not req.transport.is_closing():  # type: ignore[union-attr]
+            tr = req.transport      # a client that went away ends the follow (aiohttp also cancels us)
+            while follow and (left is None or left > 0) and tr is not None and not tr.is_closing():
                 await asyncio.sleep(self.cfg.follow_poll)
                 more = f.read(_MAX_READ)
                 if not more:

@@ -31,7 +31,7 @@ import structlog
 from shardlet import heap
 from shardlet.api import ApiError, Kube
 from shardlet.controllers.leases import LeaseController, LeaseControllerConfig
-from shardlet.controllers.nodes import FAKE_ANNOTATION, NodeController, NodeControllerConfig
+from shardlet.controllers.nodes import FAKE_ANNOTATION, NodeController, NodeControllerConfig, kubelet_port
 from shardlet.controllers.pods import PodController, PodControllerConfig
 from shardlet.controllers.stages import StageController, StageControllerConfig
 from shardlet.controllers.stagesource import StageSource
@@ -142,6 +142,8 @@ class Shard:
         self.log_sources = LogSources()
         self.kubelet: KubeletServer | None = None
         self.kubelet_error = ""
+        self.advertised = 0         # nodes pointed at this shard's kubelet server after a hand-over
+        self._advertising: set[str] = set()
         self.resource_metrics = ResourceMetrics(
             config.name, lambda n: self.pods.on_node(n), config.metric_files) if config.node_metrics else None
         self.nodes = NodeController(
@@ -182,6 +184,8 @@ class Shard:
     def _node_seen(self, name: str, node: dict[str, Any]) -> None:
         if self.resource_metrics is not None:
             self.resource_metrics.node_seen(name, node)
+        if self.kubelet is not None and self.own.owns_node(name) and self._held(name):
+            self._maybe_advertise(name, kubelet_port(node))   # e.g. a restarted worker's new port
 
     def _node_ready(self, name: str, ready: bool) -> None:
         if self.cfg.lease_duration > 0:
@@ -213,11 +217,37 @@ class Shard:
     def _lease_held(self, name: str) -> None:
         self.nodes.node_held(name)
         self.pods.node_adopted(name)
+        info = self.nodes.info(name)
+        if info is not None:
+            self._maybe_advertise(name, info.port)
         if name in self._lost:     # its pods were dropped when the lease went: list them again
             self._lost.discard(name)
             t = asyncio.create_task(self.pods.node_acquired(name))
             self._sync_tasks.add(t)
             t.add_done_callback(self._sync_tasks.discard)
+
+    def _maybe_advertise(self, name: str, port: int | None) -> None:
+        """A node this shard plays that says its kubelet is elsewhere (handed over from another
+        shard, or advertised by an earlier run): point it here. One never played (no port yet)
+        gets the port from its stage."""
+        if self.kubelet is None or port in (None, self.kubelet.port) or name in self._advertising:
+            return
+        self._advertising.add(name)
+        t = asyncio.create_task(self._advertise(name))
+        self._sync_tasks.add(t)
+        t.add_done_callback(self._sync_tasks.discard)
+        t.add_done_callback(lambda _t: self._advertising.discard(name))
+
+    async def _advertise(self, name: str) -> None:
+        assert self.kubelet is not None
+        body = {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.port}}}}
+        try:
+            await self.kube.retrying(lambda: self.kube.patch(f"/api/v1/nodes/{name}/status", body, "merge"),
+                                     what=f"node {name} kubelet port")
+            self.advertised += 1
+        except ApiError as e:
+            log.warning("kubelet_port_not_advertised", shard=self.cfg.name, node=name, status=e.status,
+                        error=e.message[:200])
 
     def _lease_lost(self, name: str) -> None:
         self.nodes.node_lost(name)
@@ -477,7 +507,8 @@ class Shard:
             "node_metric_errors": sorted(self.resource_metrics.errors.values()) if self.resource_metrics else [],
             "last_error": self.last_error or self.leases.last_error,
             **self.supervisor.status(),
-            "kubelet_server": ({"port": self.kubelet.port, "log_requests": self.kubelet.requests}
+            "kubelet_server": ({"port": self.kubelet.port, "log_requests": self.kubelet.requests,
+                                "nodes_readvertised": self.advertised}
                                if self.kubelet is not None else {"error": self.kubelet_error} if self.kubelet_error
                                else None),
         }

@@ -90,6 +90,7 @@ class NodeInfo:
     ips: list[str]
     cidrs: list[str]
     managed: bool
+    port: int | None = None      # status.daemonEndpoints.kubeletEndpoint.Port: where it says its kubelet is
 
 
 def node_ips(node: Mapping[str, Any]) -> list[str]:
@@ -100,6 +101,11 @@ def node_ips(node: Mapping[str, Any]) -> list[str]:
         if ips:
             return ips
     return []
+
+
+def kubelet_port(node: Mapping[str, Any]) -> int | None:
+    port = (((node.get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
+    return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else None
 
 
 def node_cidrs(node: Mapping[str, Any]) -> list[str]:
@@ -200,7 +206,8 @@ class NodeController:
             self._forget(name)
             return
         managed = self.manages(node)
-        self.nodes[name] = NodeInfo(str(meta.get("uid", "")), node_ips(node), node_cidrs(node), managed)
+        self.nodes[name] = NodeInfo(str(meta.get("uid", "")), node_ips(node), node_cidrs(node), managed,
+                                    kubelet_port(node))
         if managed:
             self.on_seen(name, node)
         if not managed or not self.own.owns_node(name):

@@ -261,6 +261,19 @@ def test_scale_4_to_5_moves_a_fifth_and_nothing_goes_not_ready(monitor: ReadyMon
     assert 0.18 * len(before) <= moved <= 0.22 * len(before)
     counts = [x["nodes"] for x in st["shards"]]
     assert all(abs(c - size.nodes / 5) <= 0.05 * size.nodes / 5 for c in counts), counts
+    # each shard's kubelet server on a port of its own; a moved node is pointed at its new owner's
+    ports = {x["lease_holder"]: x["kubelet_server"]["port"] for x in st["shards"]}
+    assert len(set(ports.values())) == 5, ports
+
+    def misadvertised() -> list[str]:
+        holders = lease_holders(ck)
+        nodes = ck.json("get", "nodes", "-l", "shardlet.x-k8s.io/scale=node")["items"]
+        return [n["metadata"]["name"] for n in nodes if ports.get(holders.get(n["metadata"]["name"], "")) !=
+                n["status"].get("daemonEndpoints", {}).get("kubeletEndpoint", {}).get("Port")]
+    poll(lambda: not misadvertised(), 30, 1, "every node advertising its owning shard's kubelet port")
+    readvertised = sum(x["kubelet_server"]["nodes_readvertised"] for x in ray_run.status()["shards"])
+    print(f"scale 4->5: {readvertised} moved nodes re-advertised to their new shard's kubelet port")
+    assert readvertised >= moved
     monitor.hold(size.hold)
 
 
