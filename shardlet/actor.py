@@ -16,6 +16,7 @@ restarted worker) or the path of a kubeconfig the user placed on every Ray host 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from typing import Any
@@ -24,6 +25,7 @@ import structlog
 
 from coordinator.messages import Slice, pack, unpack
 from shardlet.api import Kube, token_credentials
+from shardlet.kubeletserver import listen_address
 from shardlet.ownership import Ownership, Table
 from shardlet.shard import Shard, ShardConfig
 
@@ -46,11 +48,12 @@ class ShardActor:
         cfg["profiles"] = tuple(cfg.get("profiles", ()))
         cfg["stage_files"] = tuple(cfg.get("stage_files", ()))
         cfg["rbac_extra_rules"] = tuple(cfg.get("rbac_extra_rules", ()))
-        if cfg.get("server_address") or cfg.get("node_port"):
-            # shards share hosts: each kubelet server on a free port, which its nodes advertise
-            host = str(cfg.get("server_address") or f"{cfg.get('node_ip') or '127.0.0.1'}:").rpartition(":")[0]
-            cfg["server_address"] = f"{host}:0"
         self.cfg = ShardConfig(**cfg)
+        where = listen_address(self.cfg.server_address, self.cfg.node_ip, self.cfg.node_port)
+        if where is not None:
+            # shards share hosts: each kubelet server on a free port, which its nodes advertise
+            host = f"[{where[0]}]" if ":" in where[0] else where[0]
+            self.cfg = dataclasses.replace(self.cfg, server_address=f"{host}:0")
         self.kubeconfig = kubeconfig    # a path on this host (None: in-cluster), unless pushed credentials come
         self.trust: dict[str, Any] | None = None
         self.token: str | None = None

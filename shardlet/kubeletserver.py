@@ -33,7 +33,7 @@ from shardlet.crilog import LogOptions, parse_time, render, tail_start
 
 log = structlog.get_logger("shardlet.kubeletserver")
 
-__all__ = ["KubeletServer", "KubeletServerConfig", "LogSources"]
+__all__ = ["KubeletServer", "KubeletServerConfig", "LogSources", "listen_address"]
 
 _MAX_READ = 64 << 20     # bytes of a log file read at once (the tail of a bigger one)
 
@@ -54,6 +54,19 @@ class KubeletServerConfig:
             raise ValueError("kubelet server: give both the certificate and the key, or neither")
         if self.follow_poll <= 0:
             raise ValueError(f"kubelet server: follow_poll must be > 0, got {self.follow_poll}")
+
+
+def listen_address(server_address: str, node_ip: str, node_port: int) -> tuple[str, int] | None:
+    """Where the server listens: ``server_address`` ("HOST:PORT", port 0 for any free one; an
+    empty host means every interface), else the nodes' InternalIP at their port (kwok binds every
+    interface there; loopback stays loopback here); None for no server (no address, node port 0).
+    ValueError for an address that is not HOST:PORT."""
+    if not server_address:
+        return (node_ip, node_port) if node_port else None
+    host, sep, port = server_address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{server_address!r}: must be HOST:PORT (port 0: any free one)")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _names(v: Any) -> list[str]:
@@ -183,7 +196,6 @@ class KubeletServer:
         self.pod_known = pod_known      # (namespace, name) -> does this shard play that pod
         self.port = 0
         self.requests = 0
-        self.error = ""
         self._runner: web.AppRunner | None = None
 
     def _ssl(self) -> ssl.SSLContext:
@@ -256,10 +268,14 @@ class KubeletServer:
                 cut = data.rfind(b"\n") + 1               # a line being written: shown once finished
                 data, rest = data[:cut], data[cut:]
             left = opts.limit_bytes
-            for chunk in self._pieces(data, opts, left):
-                await resp.write(chunk)
-                if left is not None:
-                    left -= len(chunk)
+
+            async def send(lines: bytes) -> None:
+                nonlocal left
+                for chunk in self._pieces(lines, opts, left):
+                    await resp.write(chunk)
+                    if left is not None:
+                        left -= len(chunk)
+            await send(data)
             tr = req.transport      # a client that went away ends the follow (aiohttp also cancels us)
             while follow and (left is None or left > 0) and tr is not None and not tr.is_closing():
                 await asyncio.sleep(self.cfg.follow_poll)
@@ -270,10 +286,7 @@ class KubeletServer:
                 if not more.endswith(b"\n"):
                     cut = more.rfind(b"\n") + 1
                     more, rest = more[:cut], more[cut:]
-                for chunk in self._pieces(more, opts, left):
-                    await resp.write(chunk)
-                    if left is not None:
-                        left -= len(chunk)
+                await send(more)
             await resp.write_eof()
             return resp
 

@@ -19,6 +19,7 @@ import structlog
 from shardlet import aio, heap
 from shardlet.controllers.nodes import FAKE_ANNOTATION
 from shardlet.errors import UserError
+from shardlet.kubeletserver import listen_address
 from shardlet.satoken import load_rules
 from shardlet.shard import ShardConfig
 
@@ -167,10 +168,10 @@ def shard_config(args: argparse.Namespace, name: str = "shardlet-0") -> ShardCon
     sharded = args.shards > 1 or bool(args.ray_address)
     if args.lease_duration < 0:
         raise UserError(f"--lease-duration {args.lease_duration}: must be 0 or more")
-    if args.server_address:
-        _host, sep, port = args.server_address.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
-            raise UserError(f"--server-address {args.server_address!r}: must be HOST:PORT (port 0: any free one)")
+    try:
+        listen_address(args.server_address, args.node_ip, args.node_port)
+    except ValueError as e:
+        raise UserError(f"--server-address {e}") from None
     if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
         raise UserError("--tls-cert-file and --tls-private-key-file: give both or neither")
     instance = args.id if args.id is not None else identity()

@@ -36,7 +36,7 @@ from shardlet.controllers.pods import PodController, PodControllerConfig
 from shardlet.controllers.stages import StageController, StageControllerConfig
 from shardlet.controllers.stagesource import StageSource
 from shardlet.discovery import Discovery, NotServed
-from shardlet.kubeletserver import KubeletServer, KubeletServerConfig, LogSources
+from shardlet.kubeletserver import KubeletServer, KubeletServerConfig, LogSources, listen_address
 from shardlet.metrics import ShardMetrics
 from shardlet.ownership import EVERYTHING, Ownership
 from shardlet.precedence import LeasesFirst
@@ -351,15 +351,8 @@ class Shard:
         """The port the node stages advertise: the kubelet server's, or the configured one."""
         return self.kubelet.port if self.kubelet is not None and self.kubelet.port else self.cfg.node_port
 
-    def _kubelet_address(self) -> tuple[str, int] | None:
-        addr = self.cfg.server_address
-        if not addr:   # where the nodes say it is (kwok binds every interface; loopback stays loopback)
-            return (self.cfg.node_ip, self.cfg.node_port) if self.cfg.node_port else None
-        host, _, port = addr.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
-
     async def _start_kubelet(self) -> None:
-        where = self._kubelet_address()
+        where = listen_address(self.cfg.server_address, self.cfg.node_ip, self.cfg.node_port)
         if where is None:
             return
         server = KubeletServer(
