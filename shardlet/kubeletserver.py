@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import ssl
 import tempfile
 import time
@@ -127,7 +128,8 @@ class LogSources:
 
 
 def _self_signed(host: str) -> tuple[str, str]:
-    """A throwaway serving certificate for ``host`` in a fresh 0700 directory: (cert, key)."""
+    """A throwaway serving certificate for ``host`` in a fresh 0700 directory: (cert, key); the
+    caller removes the directory once the context has loaded them."""
     import ipaddress
 
     from cryptography import x509
@@ -200,10 +202,15 @@ class KubeletServer:
 
     def _ssl(self) -> ssl.SSLContext:
         cert, key = self.cfg.cert_file, self.cfg.key_file
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         if cert is None or key is None:
             cert, key = _self_signed(self.cfg.address if self.cfg.address not in ("", "0.0.0.0") else "127.0.0.1")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
+            try:
+                ctx.load_cert_chain(cert, key)
+            finally:   # held in memory from here: no private key left on disk
+                shutil.rmtree(os.path.dirname(key), ignore_errors=True)
+        else:
+            ctx.load_cert_chain(cert, key)
         if self.cfg.client_ca_file:
             ctx.load_verify_locations(self.cfg.client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED

@@ -1,12 +1,12 @@
 """The `shardlet-<name>` context in the user's own kubeconfig, as kwokctl adds `kwok-<name>`.
 
 `cluster up` adds a cluster, a user and a context named `shardlet-<name>` to the first file of
-``KUBECONFIG`` (else ``~/.kube/config``) and touches nothing else in it (not even the current
-context); the user's entry points at the certificate and key in the cluster's 0700 directory,
-so no key is copied (a new file gets it as its current context). `cluster down` takes them out again: a file that did not exist before and holds nothing else
-is removed, so it is as before to the byte. Every read-modify-write
-holds client-go's lock (``<file>.lock``, created exclusively), so neither two `up`s nor a kubectl
-writing at the same time lose an entry.
+``KUBECONFIG`` (else ``~/.kube/config``) and leaves the rest of an existing file as it is, its
+current context included (a new file gets ours as its current context). The user's entry points
+at the certificate and key in the cluster's 0700 directory, so no key is copied. `cluster down`
+takes the entries out again; a file that did not exist before and holds nothing else is removed,
+so it is as before to the byte. Every read-modify-write holds client-go's lock (``<file>.lock``,
+created exclusively), so neither two `up`s nor a kubectl writing at the same time lose an entry.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ the file for a pod's container (shardlet.kubeletserver.LogSources). The server i
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -83,7 +84,10 @@ async def test_the_server_answers_logs_errors_and_follows_a_growing_file(tmp_pat
     s.on_logs("ADDED", {"metadata": {"namespace": "ns", "name": "p"}, "spec": {"logs": [{"logsFile": str(f)}]}})
     srv = KubeletServer(KubeletServerConfig("127.0.0.1", 0, follow_poll=0.02), s,
                         pod_known=lambda ns, pod: pod != "elsewhere")
+    before = set(Path(tempfile.gettempdir()).glob("shardlet-kubelet-*"))
     port = await srv.start()
+    # the self-signed key is read into the TLS context, then its directory goes
+    assert set(Path(tempfile.gettempdir()).glob("shardlet-kubelet-*")) == before
     base = f"https://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as c:
